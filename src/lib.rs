@@ -1,0 +1,116 @@
+//! ngx_http_upstream_jvm_route_module: sticky sessions for Java application servers on stock
+//! nginx. The route is read from the session id (`JSESSIONID=<id>.<jvmRoute>`), and the request
+//! goes to the upstream server tagged `srun_id=<jvmRoute>`; otherwise nginx balances as usual.
+//!
+//! This file holds the module statics only: the command table, the HTTP module context and
+//! the symbols nginx's `load_module` reads. Directive handling is in [`config`], the balancer
+//! in [`balancer`], and the pure session and route logic in [`session`] and [`route`].
+
+#![warn(missing_docs)]
+
+use std::ffi::c_char;
+use std::ptr::{addr_of, addr_of_mut, null, null_mut};
+
+use ngx::ffi::{
+    ngx_command_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+};
+use ngx::http::{HttpModule, HttpModuleServerConf};
+use ngx::ngx_string;
+
+pub mod balancer;
+pub mod config;
+pub mod peers;
+pub mod route;
+pub mod session;
+
+/// The module's name, as nginx knows it.
+pub const MODULE_NAME: &str = "ngx_http_upstream_jvm_route_module";
+
+/// Marker type through which `ngx` finds this module's configuration.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is only written by nginx while loading the module and
+        // assigning its indices, before any configuration is read.
+        unsafe { &*addr_of!(ngx_http_upstream_jvm_route_module) }
+    }
+}
+
+// SAFETY: `create_srv_conf` allocates `UpstreamConf` in every HTTP server and upstream block,
+// so the slot at this module's ctx_index always holds one.
+unsafe impl HttpModuleServerConf for Module {
+    type ServerConf = config::UpstreamConf;
+}
+
+static mut COMMANDS: [ngx_command_t; 4] = [
+    // Takes `srun_id=` and `max_busy=` out of the stock `server` directive, then passes it on.
+    ngx_command_t {
+        name: ngx_string!("server"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(config::cmd_server),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("jvm_route"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(config::cmd_jvm_route),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    // Places this balancer beneath `keepalive`, whatever the directive order; then passes on.
+    ngx_command_t {
+        name: ngx_string!("keepalive"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(config::cmd_keepalive),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: None,
+    init_main_conf: Some(config::init_main_conf),
+    create_srv_conf: Some(Module::create_srv_conf),
+    merge_srv_conf: None,
+    create_loc_conf: None,
+    merge_loc_conf: None,
+};
+
+/// The module, as `load_module` finds it.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_upstream_jvm_route_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as *mut _,
+    commands: addr_of_mut!(COMMANDS) as *mut _,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+/// The modules in this shared object, as `ngx_load_module` reads them.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 2] =
+    [addr_of!(ngx_http_upstream_jvm_route_module), null()];
+
+/// The names of the modules in this shared object.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const c_char; 2] =
+    [c"ngx_http_upstream_jvm_route_module".as_ptr(), null()];
+
+/// Load order: this module goes before `ngx_http_upstream_module`, so that nginx offers it the
+/// upstream `server` and `keepalive` directives first and runs its `init_main_conf` before the
+/// upstream module initialises the balancers.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const c_char; 3] =
+    [c"ngx_http_upstream_jvm_route_module".as_ptr(), c"ngx_http_upstream_module".as_ptr(), null()];

@@ -1,0 +1,169 @@
+//! Helpers over nginx's round-robin peers: the locks (C macros, reached through `shim.c`), the
+//! test round robin applies before it picks a peer, and taking a peer for a connection the
+//! way round robin does, so that its `free` callback balances the books.
+
+use ngx::ffi::{
+    ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
+    ngx_peer_connection_t, ngx_str_t, ngx_uint_t, time_t,
+};
+
+extern "C" {
+    fn ngx_http_jvm_route_peers_rlock(peers: *mut ngx_http_upstream_rr_peers_t);
+    fn ngx_http_jvm_route_peers_wlock(peers: *mut ngx_http_upstream_rr_peers_t);
+    fn ngx_http_jvm_route_peers_unlock(peers: *mut ngx_http_upstream_rr_peers_t);
+    fn ngx_http_jvm_route_peer_ref(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    );
+    fn ngx_http_jvm_route_peers_generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t;
+    fn ngx_http_jvm_route_peers_stale(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> ngx_uint_t;
+    /// Copies up to `max` Cookie header values of `r` into `out`; returns how many there are.
+    pub fn ngx_http_jvm_route_cookie_lines(
+        r: *mut ngx::ffi::ngx_http_request_t,
+        out: *mut ngx_str_t,
+        max: ngx_uint_t,
+    ) -> ngx_uint_t;
+}
+
+/// `down` value of a draining server in nginx >= 1.29.6: only its sticky sessions reach it.
+#[cfg(nginx1_29_6)]
+const DRAINING: ngx_uint_t = 8;
+
+const BITS: usize = usize::BITS as usize;
+
+/// A read or write lock on a peer list, released on drop. A no-op without `zone`.
+pub struct PeersLock(*mut ngx_http_upstream_rr_peers_t);
+
+impl PeersLock {
+    /// Takes the read lock.
+    ///
+    /// # Safety
+    /// `peers` must be a valid peer list of a running upstream.
+    pub unsafe fn read(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
+        // SAFETY: per the function contract.
+        unsafe { ngx_http_jvm_route_peers_rlock(peers) };
+        PeersLock(peers)
+    }
+
+    /// Takes the write lock, as round robin does to pick a peer.
+    ///
+    /// # Safety
+    /// `peers` must be a valid peer list of a running upstream.
+    pub unsafe fn write(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
+        // SAFETY: per the function contract.
+        unsafe { ngx_http_jvm_route_peers_wlock(peers) };
+        PeersLock(peers)
+    }
+}
+
+impl Drop for PeersLock {
+    fn drop(&mut self) {
+        // SAFETY: the lock was taken on this list in `read` or `write`.
+        unsafe { ngx_http_jvm_route_peers_unlock(self.0) };
+    }
+}
+
+/// The list's generation: it changes when the zone's resolver changes the peers.
+///
+/// # Safety
+/// `peers` must be valid and locked.
+pub unsafe fn generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t {
+    // SAFETY: per the function contract.
+    unsafe { ngx_http_jvm_route_peers_generation(peers) }
+}
+
+/// Whether the request's round-robin data is older than its peer list.
+///
+/// # Safety
+/// `rrp` must be valid and its list locked.
+pub unsafe fn is_stale(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { ngx_http_jvm_route_peers_stale(rrp) != 0 }
+}
+
+/// The peers of a list, in order.
+///
+/// # Safety
+/// `peers` must be valid and locked for as long as the iterator is used.
+pub unsafe fn iter(
+    peers: *mut ngx_http_upstream_rr_peers_t,
+) -> impl Iterator<Item = *mut ngx_http_upstream_rr_peer_t> {
+    // SAFETY: per the function contract: a NULL-terminated linked list.
+    let first = if peers.is_null() { std::ptr::null_mut() } else { unsafe { (*peers).peer } };
+    std::iter::successors((!first.is_null()).then_some(first), |&p| {
+        // SAFETY: `p` is a peer of the locked list.
+        let next = unsafe { (*p).next };
+        (!next.is_null()).then_some(next)
+    })
+}
+
+/// Whether the peer at `index` of the request's current list was tried for this request.
+///
+/// # Safety
+/// `rrp->tried` must have a bit for `index`.
+pub unsafe fn is_tried(rrp: &ngx_http_upstream_rr_peer_data_t, index: usize) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { *rrp.tried.add(index / BITS) & (1 << (index % BITS)) != 0 }
+}
+
+/// Round robin's test: the peer is up, not failed `max_fails` times within `fail_timeout`,
+/// and below `max_conns`. A draining peer (nginx >= 1.29.6) passes: its sessions still go there.
+pub fn is_usable(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
+    #[cfg(nginx1_29_6)]
+    let down = peer.down & !DRAINING != 0;
+    #[cfg(not(nginx1_29_6))]
+    let down = peer.down != 0;
+
+    let failed = peer.max_fails != 0
+        && peer.fails >= peer.max_fails
+        && now - peer.checked <= peer.fail_timeout;
+    let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
+    !down && !failed && !full
+}
+
+/// Gives `peer` (at `index` of `rrp`'s current list) to the connection, exactly as round robin
+/// does after choosing it: current peer, reference, tried bit, `checked`, address, `conns`.
+///
+/// # Safety
+/// `rrp->peers` must be write-locked and hold `peer` at `index`.
+pub unsafe fn take(
+    pc: &mut ngx_peer_connection_t,
+    rrp: &mut ngx_http_upstream_rr_peer_data_t,
+    peer: *mut ngx_http_upstream_rr_peer_t,
+    index: usize,
+    now: time_t,
+) {
+    // SAFETY: per the function contract.
+    unsafe {
+        rrp.current = peer;
+        ngx_http_jvm_route_peer_ref(rrp.peers, peer);
+        *rrp.tried.add(index / BITS) |= 1 << (index % BITS);
+
+        let p = &mut *peer;
+        if now - p.checked > p.fail_timeout {
+            p.checked = now;
+        }
+        pc.sockaddr = p.sockaddr;
+        pc.socklen = p.socklen;
+        pc.name = &mut p.name;
+        pc.connection = std::ptr::null_mut();
+        pc.set_cached(0);
+        p.conns += 1;
+    }
+}
+
+/// Switches the request to the backup list, as round robin does when no primary is usable.
+///
+/// # Safety
+/// `backup` must be `rrp->peers->next`, and `rrp->tried` sized for it.
+pub unsafe fn switch_to_backup(
+    rrp: &mut ngx_http_upstream_rr_peer_data_t,
+    backup: *mut ngx_http_upstream_rr_peers_t,
+) {
+    // SAFETY: per the function contract.
+    unsafe {
+        rrp.peers = backup;
+        let words = (*backup).number.div_ceil(BITS);
+        std::ptr::write_bytes(rrp.tried, 0, words);
+    }
+}

@@ -1,0 +1,344 @@
+//! From a session id to a route, and from a route to the peers that serve it. Pure Rust: the
+//! table is built once per peer list and looked up per request in time that does not depend on
+//! the number of servers.
+
+use std::collections::HashMap;
+
+/// The longest srun_id accepted (the original module had no limit; Tomcat's `jvmRoute` is
+/// usually a short host name).
+pub const MAX_SRUN_ID_LEN: usize = 64;
+
+/// How a session id names its route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteMode {
+    /// `reverse`: the text after the first `.` is the route (Tomcat, Jetty, WildFly).
+    AfterFirstDot,
+    /// No `reverse`: the longest srun_id that is a prefix of the session id (Resin).
+    Prefix,
+}
+
+/// Which list of nginx's round-robin peers a peer belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerList {
+    /// The primary servers (`peers`).
+    Primary,
+    /// The `backup` servers (`peers->next`).
+    Backup,
+}
+
+/// An index into a [`RouteTable`]'s routes.
+pub type RouteId = u32;
+
+/// One route: its srun_id and the peers that carry it, as indices into their lists.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// The srun_id, as configured.
+    pub srun_id: Box<[u8]>,
+    /// Indices of primary peers with this srun_id.
+    pub primary: Vec<u32>,
+    /// Indices of backup peers with this srun_id.
+    pub backup: Vec<u32>,
+}
+
+/// srun_id -> peers, for one upstream's peer lists.
+#[derive(Debug)]
+pub struct RouteTable {
+    mode: RouteMode,
+    by_name: HashMap<Box<[u8]>, RouteId>,
+    routes: Vec<Route>,
+    /// Distinct srun_id lengths, longest first: prefix mode probes each once.
+    lengths: Vec<usize>,
+    longest: usize,
+}
+
+impl RouteTable {
+    /// Builds the table from `(srun_id, list, peer index)` triples; peers that share a srun_id
+    /// share a route.
+    pub fn build<'a>(
+        mode: RouteMode,
+        peers: impl IntoIterator<Item = (&'a [u8], PeerList, u32)>,
+    ) -> Self {
+        let mut table = RouteTable {
+            mode,
+            by_name: HashMap::new(),
+            routes: Vec::new(),
+            lengths: Vec::new(),
+            longest: 0,
+        };
+        for (srun_id, list, index) in peers {
+            let id = match table.by_name.get(srun_id) {
+                Some(&id) => id,
+                None => {
+                    let id = table.routes.len() as RouteId;
+                    table.routes.push(Route { srun_id: srun_id.into(), ..Route::default() });
+                    table.by_name.insert(srun_id.into(), id);
+                    id
+                }
+            };
+            let route = &mut table.routes[id as usize];
+            match list {
+                PeerList::Primary => route.primary.push(index),
+                PeerList::Backup => route.backup.push(index),
+            }
+        }
+        table.lengths = table.routes.iter().map(|r| r.srun_id.len()).collect();
+        table.lengths.sort_unstable_by(|a, b| b.cmp(a));
+        table.lengths.dedup();
+        table.longest = table.lengths.first().copied().unwrap_or(0);
+        table
+    }
+
+    /// The route a session id names, if this table knows it.
+    pub fn lookup(&self, session_id: &[u8]) -> Option<RouteId> {
+        match self.mode {
+            RouteMode::AfterFirstDot => {
+                let dot = session_id.iter().position(|&b| b == b'.')?;
+                let route = &session_id[dot + 1..];
+                if route.is_empty() || route.len() > self.longest {
+                    return None;
+                }
+                self.by_name.get(route).copied()
+            }
+            RouteMode::Prefix => self
+                .lengths
+                .iter()
+                .filter(|&&len| len <= session_id.len())
+                .find_map(|&len| self.by_name.get(&session_id[..len]).copied()),
+        }
+    }
+
+    /// The route with this id.
+    pub fn route(&self, id: RouteId) -> Option<&Route> {
+        self.routes.get(id as usize)
+    }
+
+    /// How many distinct routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether no peer has a srun_id.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// What a request's session ids say, taken together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionRoute {
+    /// No session id at all.
+    NoSession,
+    /// Session ids, but none names a route of this upstream.
+    Unknown,
+    /// The first session id that names a known route.
+    Known(RouteId),
+}
+
+/// Chooses the route of a request from its candidate session ids, in priority order: the
+/// first one that names a known route wins.
+pub fn choose_route<'a>(
+    table: &RouteTable,
+    session_ids: impl IntoIterator<Item = &'a [u8]>,
+) -> SessionRoute {
+    let mut seen = false;
+    for id in session_ids {
+        seen = true;
+        if let Some(route) = table.lookup(id) {
+            return SessionRoute::Known(route);
+        }
+    }
+    if seen {
+        SessionRoute::Unknown
+    } else {
+        SessionRoute::NoSession
+    }
+}
+
+/// The first candidate, starting at `start` and wrapping around, that `usable` accepts.
+/// Several peers may share a route; starting at a moving offset spreads requests over them.
+pub fn first_usable(
+    candidates: &[u32],
+    start: usize,
+    mut usable: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    let n = candidates.len();
+    (0..n).map(|k| candidates[(start + k) % n]).find(|&c| usable(c))
+}
+
+/// Why a srun_id is rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SrunIdError {
+    /// Empty.
+    #[error("is empty")]
+    Empty,
+    /// Longer than [`MAX_SRUN_ID_LEN`].
+    #[error("is longer than {MAX_SRUN_ID_LEN} bytes")]
+    TooLong,
+    /// Contains a byte that is not visible ASCII, or one of `;`, `,`, `=`.
+    #[error("must be visible ASCII without \";\", \",\" or \"=\"")]
+    BadCharacter,
+}
+
+/// Checks a srun_id as written in the configuration.
+pub fn validate_srun_id(srun_id: &[u8]) -> Result<(), SrunIdError> {
+    if srun_id.is_empty() {
+        return Err(SrunIdError::Empty);
+    }
+    if srun_id.len() > MAX_SRUN_ID_LEN {
+        return Err(SrunIdError::TooLong);
+    }
+    if srun_id.iter().any(|&b| !b.is_ascii_graphic() || matches!(b, b';' | b',' | b'=')) {
+        return Err(SrunIdError::BadCharacter);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(mode: RouteMode, ids: &[&str]) -> RouteTable {
+        RouteTable::build(
+            mode,
+            ids.iter().enumerate().map(|(i, id)| (id.as_bytes(), PeerList::Primary, i as u32)),
+        )
+    }
+
+    fn name(t: &RouteTable, session: &str) -> Option<String> {
+        t.lookup(session.as_bytes())
+            .and_then(|id| t.route(id))
+            .map(|r| String::from_utf8_lossy(&r.srun_id).into_owned())
+    }
+
+    #[test]
+    fn reverse_mode_matches_the_text_after_the_first_dot_exactly() {
+        let t = table(RouteMode::AfterFirstDot, &["tomcat01", "tomcat02", "1"]);
+        assert_eq!(name(&t, "5C3AE1F2.tomcat01").as_deref(), Some("tomcat01"));
+        assert_eq!(name(&t, "5C3AE1F2.tomcat02").as_deref(), Some("tomcat02"));
+        // The original module's suffix compare matched "X.tomcat1" to srun_id "1".
+        assert_eq!(name(&t, "X.tomcat1"), None);
+        assert_eq!(name(&t, "X.1").as_deref(), Some("1"));
+        assert_eq!(name(&t, "5C3AE1F2"), None);
+        assert_eq!(name(&t, "5C3AE1F2."), None);
+        assert_eq!(name(&t, "A.tomcat01.extra"), None);
+        assert_eq!(name(&t, ".tomcat01").as_deref(), Some("tomcat01"));
+    }
+
+    #[test]
+    fn reverse_mode_route_may_contain_dots() {
+        let t = table(RouteMode::AfterFirstDot, &["node.a"]);
+        assert_eq!(name(&t, "ID.node.a").as_deref(), Some("node.a"));
+    }
+
+    #[test]
+    fn prefix_mode_takes_the_longest_matching_srun_id() {
+        let t = table(RouteMode::Prefix, &["a", "ab", "b"]);
+        assert_eq!(name(&t, "abc123").as_deref(), Some("ab"));
+        assert_eq!(name(&t, "ac123").as_deref(), Some("a"));
+        assert_eq!(name(&t, "b").as_deref(), Some("b"));
+        assert_eq!(name(&t, "c123"), None);
+        assert_eq!(name(&t, ""), None);
+    }
+
+    #[test]
+    fn peers_sharing_a_srun_id_share_a_route() {
+        let t = RouteTable::build(
+            RouteMode::AfterFirstDot,
+            [
+                (&b"a"[..], PeerList::Primary, 0),
+                (b"b", PeerList::Primary, 1),
+                (b"a", PeerList::Primary, 2),
+                (b"a", PeerList::Backup, 0),
+            ],
+        );
+        assert_eq!(t.len(), 2);
+        let route = t.route(t.lookup(b"X.a").unwrap()).unwrap();
+        assert_eq!(route.primary, [0, 2]);
+        assert_eq!(route.backup, [0]);
+    }
+
+    #[test]
+    fn choose_route_prefers_the_first_known_route() {
+        let t = table(RouteMode::AfterFirstDot, &["a", "b"]);
+        let pick = |ids: &[&str]| choose_route(&t, ids.iter().map(|s| s.as_bytes()));
+        assert_eq!(pick(&[]), SessionRoute::NoSession);
+        assert_eq!(pick(&["X.zz"]), SessionRoute::Unknown);
+        assert_eq!(pick(&["X.zz", "Y.b", "Z.a"]), SessionRoute::Known(t.lookup(b"Y.b").unwrap()));
+    }
+
+    #[test]
+    fn first_usable_wraps_around_from_the_start() {
+        assert_eq!(first_usable(&[4, 5, 6], 1, |_| true), Some(5));
+        assert_eq!(first_usable(&[4, 5, 6], 2, |c| c != 6), Some(4));
+        assert_eq!(first_usable(&[4, 5, 6], 7, |c| c == 4), Some(4));
+        assert_eq!(first_usable(&[4, 5, 6], 0, |_| false), None);
+        assert_eq!(first_usable(&[], 0, |_| true), None);
+    }
+
+    #[test]
+    fn srun_ids_are_validated() {
+        assert_eq!(validate_srun_id(b"tomcat01"), Ok(()));
+        assert_eq!(validate_srun_id(b"a-b_c.d"), Ok(()));
+        assert_eq!(validate_srun_id(b""), Err(SrunIdError::Empty));
+        assert_eq!(validate_srun_id(&[b'a'; 65]), Err(SrunIdError::TooLong));
+        assert_eq!(validate_srun_id(&[b'a'; 64]), Ok(()));
+        for bad in [&b"a;b"[..], b"a,b", b"a=b", b"a b", b"a\x01", b"caf\xc3\xa9"] {
+            assert_eq!(validate_srun_id(bad), Err(SrunIdError::BadCharacter), "{bad:?}");
+        }
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn lookup_never_panics(
+                ids in proptest::collection::vec("[a-z0-9.]{1,8}", 0..8),
+                session in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                for mode in [RouteMode::AfterFirstDot, RouteMode::Prefix] {
+                    let t = RouteTable::build(
+                        mode,
+                        ids.iter().enumerate().map(|(i, s)| (s.as_bytes(), PeerList::Primary, i as u32)),
+                    );
+                    let _ = t.lookup(&session);
+                }
+            }
+
+            #[test]
+            fn reverse_lookup_finds_exactly_the_planted_route(
+                ids in proptest::collection::hash_set("[a-z0-9]{1,12}", 1..20),
+                pick in any::<proptest::sample::Index>(),
+                prefix in "[A-F0-9]{0,32}",
+            ) {
+                let ids: Vec<String> = ids.into_iter().collect();
+                let t = RouteTable::build(
+                    RouteMode::AfterFirstDot,
+                    ids.iter().enumerate().map(|(i, s)| (s.as_bytes(), PeerList::Primary, i as u32)),
+                );
+                let wanted = pick.get(&ids);
+                let session = format!("{prefix}.{wanted}");
+                let found = t.lookup(session.as_bytes()).and_then(|id| t.route(id));
+                prop_assert_eq!(found.map(|r| &*r.srun_id), Some(wanted.as_bytes()));
+            }
+
+            #[test]
+            fn prefix_lookup_returns_the_longest_prefix(
+                ids in proptest::collection::hash_set("[ab]{1,4}", 1..10),
+                session in "[ab]{0,8}",
+            ) {
+                let ids: Vec<String> = ids.into_iter().collect();
+                let t = RouteTable::build(
+                    RouteMode::Prefix,
+                    ids.iter().enumerate().map(|(i, s)| (s.as_bytes(), PeerList::Primary, i as u32)),
+                );
+                let expected = ids.iter().filter(|id| session.starts_with(id.as_str())).max_by_key(|id| id.len());
+                let found = t.lookup(session.as_bytes()).and_then(|id| t.route(id));
+                prop_assert_eq!(found.map(|r| &*r.srun_id), expected.map(|s| s.as_bytes()));
+            }
+        }
+    }
+}
