@@ -1,0 +1,432 @@
+//! Test harness: the nginx built with the bindings, this module loaded into it, backends that
+//! behave like Tomcat (each a small nginx process of its own), and a tiny HTTP client.
+//!
+//! Each nginx gets its own temporary prefix with `logs/`; everything listens on 127.0.0.1 on
+//! ports the kernel hands out. Processes are stopped when their handle is dropped.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The nginx binary: `TEST_NGINX_BINARY`, else the one built with the bindings.
+pub fn nginx_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEST_NGINX_BINARY") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(option_env!("JVM_ROUTE_NGINX_BINARY").expect("no nginx binary: set TEST_NGINX_BINARY"))
+}
+
+/// The module: `TEST_JVM_ROUTE_MODULE`, else the one cargo built beside this test binary.
+pub fn module_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEST_JVM_ROUTE_MODULE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/lib<name>.so
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    profile_dir.join("libngx_http_upstream_jvm_route_module.so")
+}
+
+/// Whether the tests run as root (nginx's workers must then stay root to read the temp dirs).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A fresh temporary directory with `logs/`, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("jvm-route-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("logs")).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("TEST_KEEP_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn wait_for_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() == up {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} did not come {}", if up { "up" } else { "down" });
+}
+
+/// A backend that behaves like a Tomcat with `jvmRoute` = `route`: a request without a session
+/// of its own gets `Set-Cookie: JSESSIONID=<32 hex>.<route>`; every reply names the route in its
+/// body (`<route> <uri>`) and in `X-Backend`. `/slow` answers slowly (about 3 s) to hold a
+/// connection open.
+pub struct Backend {
+    pub route: String,
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Backend {
+    pub fn start(route: &str) -> Backend {
+        let mut backend =
+            Backend { route: route.to_owned(), port: free_port(), dir: TempDir::new(route), child: None };
+        backend.restart();
+        backend
+    }
+
+    /// Starts the process again on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "backend {} already running", self.route);
+        let dir = self.dir.path();
+        fs::write(dir.join("slow"), vec![b'x'; 6000]).expect("write slow file");
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+error_log logs/error.log;
+pid logs/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location /slow {{
+            alias {dir}/slow;
+            limit_rate 2k;
+            add_header X-Backend {route} always;
+        }}
+        location / {{
+            if ($cookie_jsessionid !~ "\.{route}$") {{
+                add_header Set-Cookie "JSESSIONID=$request_id.{route}; Path=/" always;
+            }}
+            add_header X-Backend {route} always;
+            return 200 "{route} $request_uri\n";
+        }}
+    }}
+}}
+"#,
+            port = self.port,
+            route = self.route,
+            dir = dir.display()
+        );
+        fs::write(dir.join("nginx.conf"), conf).expect("write backend conf");
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start backend nginx");
+        self.child = Some(child);
+        wait_for_port(self.port, true);
+    }
+
+    /// Kills the process (SIGKILL, like a crash) and waits until the port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            wait_for_port(self.port, false);
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts one backend per route.
+pub fn backends(routes: &[&str]) -> Vec<Backend> {
+    routes.iter().map(|r| Backend::start(r)).collect()
+}
+
+/// nginx with this module loaded, as the proxy under test.
+pub struct Nginx {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+/// The top of every proxy configuration: the module, a foreground master, logs in the prefix.
+pub fn main_preamble(workers: usize) -> String {
+    format!(
+        "load_module {module};\n\
+         daemon off;\n\
+         master_process on;\n\
+         worker_processes {workers};\n\
+         {user}\
+         error_log logs/error.log info;\n\
+         pid logs/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n",
+        module = module_path().display(),
+        user = if running_as_root() { "user root;\n" } else { "" },
+    )
+}
+
+impl Nginx {
+    /// Writes `main_preamble(workers)` + `http_conf` (the whole `http {}` block, with `{port}`
+    /// standing for the proxy's listen port), checks it with `nginx -t` and starts nginx.
+    pub fn start(workers: usize, http_conf: &str) -> Nginx {
+        let port = free_port();
+        let dir = TempDir::new("proxy");
+        let conf = format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &port.to_string()));
+        fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        let test = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
+        assert!(
+            test.status.success(),
+            "nginx -t failed:\n{}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let child = nginx_command(dir.path(), &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(port, true);
+        Nginx { port, dir, child: Some(child) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Rewrites the configuration (same port) and sends SIGHUP.
+    pub fn reload_with(&self, http_conf: &str, workers: usize) {
+        let conf =
+            format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &self.port.to_string()));
+        fs::write(self.dir().join("nginx.conf"), conf).expect("write nginx.conf");
+        self.signal(libc::SIGHUP);
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("nginx running").id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir().join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// Fails the test if a worker crashed or nginx logged an alert.
+    pub fn assert_no_crash(&self) {
+        let log = self.error_log();
+        for bad in ["exited on signal", "[alert]", "[crit]", "panicked"] {
+            assert!(!log.contains(bad), "error log has {bad:?}:\n{log}");
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.port, path, &[])
+    }
+
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        request(self.port, path, headers)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn nginx_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(nginx_binary());
+    cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg("stderr").args(extra);
+    cmd
+}
+
+/// Runs `nginx -t` on `preamble + http_conf` and returns its output (for configuration errors).
+/// The configuration is written to `nginx.conf` in a fresh directory, whose path is returned.
+pub fn nginx_test_config(http_conf: &str) -> (Output, PathBuf, TempDir) {
+    let dir = TempDir::new("conftest");
+    let path = dir.path().join("nginx.conf");
+    let conf = format!("{}{}", main_preamble(1), http_conf.replace("{port}", &free_port().to_string()));
+    fs::write(&path, conf).expect("write nginx.conf");
+    let output = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
+    (output, path, dir)
+}
+
+/// The line number (1-based) of the first line of `preamble + http_conf` that contains `needle`.
+pub fn line_of(http_conf: &str, needle: &str) -> usize {
+    let conf = format!("{}{}", main_preamble(1), http_conf);
+    conf.lines().position(|l| l.contains(needle)).map(|i| i + 1).expect("needle in config")
+}
+
+/// An HTTP response, parsed just enough for the tests.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The route of the backend that answered (first word of the body).
+    pub fn backend(&self) -> &str {
+        self.body.split_whitespace().next().unwrap_or("")
+    }
+
+    /// The JSESSIONID value a backend set, if it set one.
+    pub fn new_session(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+            .find_map(|(_, v)| v.strip_prefix("JSESSIONID="))
+            .map(|v| v.split(';').next().unwrap_or("").to_owned())
+    }
+}
+
+/// Sends `GET path` with extra headers over a fresh connection and reads the whole response.
+pub fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    raw_request(port, raw.as_bytes())
+}
+
+/// Sends raw bytes as a request and parses the response. A connection nginx closed without
+/// any response is status 0.
+pub fn raw_request(port: u16, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(raw).expect("send request");
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    parse_response(&data)
+}
+
+fn parse_response(data: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(data);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Response { status, headers, body: body.to_owned() }
+}
+
+/// A browser-like client: keeps the JSESSIONID cookie the backends set.
+#[derive(Default, Clone)]
+pub struct Client {
+    pub session: Option<String>,
+}
+
+impl Client {
+    pub fn get(&mut self, port: u16, path: &str) -> Response {
+        let cookie = self.session.as_ref().map(|s| format!("JSESSIONID={s}"));
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("Cookie", c.as_str())).collect();
+        let response = request(port, path, &headers);
+        if let Some(session) = response.new_session() {
+            self.session = Some(session);
+        }
+        response
+    }
+}
+
+/// Counts responses per backend route.
+pub fn tally<'a>(responses: impl IntoIterator<Item = &'a Response>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in responses {
+        *counts.entry(r.backend().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// An upstream block with one `server` line per backend, each tagged with its route, plus
+/// `extra` lines (for `jvm_route`, `zone`, ...).
+pub fn upstream(name: &str, backends: &[Backend], params: &[&str], extra: &str) -> String {
+    let mut s = format!("    upstream {name} {{\n");
+    for (i, b) in backends.iter().enumerate() {
+        let p = params.get(i).copied().unwrap_or("");
+        s.push_str(&format!("        server {} srun_id={} {p};\n", b.addr(), b.route));
+    }
+    s.push_str(extra);
+    s.push_str("    }\n");
+    s
+}
+
+/// A whole `http {}` block: `upstreams` plus a server on `{port}` proxying `/` to `tomcats`.
+pub fn http_block(upstreams: &str, location_extra: &str) -> String {
+    format!(
+        "http {{\n    access_log off;\n{upstreams}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n{location_extra}\n        }}\n    }}\n}}\n"
+    )
+}
+
+/// A complete example configuration from `nginx-conf/`, with its addresses pointed at the
+/// test's backends (`127.0.0.1:8081`.. in order) and its listen port at `{port}`.
+pub fn example_config(file: &str, backends: &[Backend]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf").join(file);
+    let text = fs::read_to_string(&path).expect("read example config");
+    // The tests supply their own preamble (module path, logs, user); they use the http block.
+    let start = text.find("\nhttp {").expect("example has an http block") + 1;
+    let mut conf = text[start..].to_owned();
+    for (i, b) in backends.iter().enumerate() {
+        conf = conf.replace(&format!("127.0.0.1:{}", 8081 + i), &b.addr());
+    }
+    conf.replace("listen 80;", "listen 127.0.0.1:{port};")
+}
