@@ -71,7 +71,11 @@ fn session_in_path_parameter_and_query() {
     for _ in 0..10 {
         let r = nginx.get("/shop/cart.jsp;jsessionid=5C3AE1F2.tomcat02?item=3");
         assert_eq!(r.backend(), "tomcat02");
-        assert!(r.body.contains("/shop/cart.jsp;jsessionid=5C3AE1F2.tomcat02?item=3"), "{}", r.body);
+        assert!(
+            r.body.contains("/shop/cart.jsp;jsessionid=5C3AE1F2.tomcat02?item=3"),
+            "{}",
+            r.body
+        );
         assert_eq!(nginx.get("/a;JSESSIONID=X.tomcat03").backend(), "tomcat03");
         assert_eq!(nginx.get("/a;foo=1;jsessionid=X.tomcat03/b").backend(), "tomcat03");
         assert_eq!(nginx.get("/a?x=1&jsessionid=X.tomcat01&y=2").backend(), "tomcat01");
@@ -84,9 +88,15 @@ fn cookie_wins_over_url_and_path_over_query() {
     let tomcats = three_tomcats();
     let nginx = start(&tomcats, &[], JVM_ROUTE);
     for _ in 0..6 {
-        let r = nginx.get_with("/a;jsessionid=X.tomcat02?jsessionid=Y.tomcat03", &[("Cookie", "JSESSIONID=Z.tomcat01")]);
+        let r = nginx.get_with(
+            "/a;jsessionid=X.tomcat02?jsessionid=Y.tomcat03",
+            &[("Cookie", "JSESSIONID=Z.tomcat01")],
+        );
         assert_eq!(r.backend(), "tomcat01");
-        assert_eq!(nginx.get("/a;jsessionid=X.tomcat02?jsessionid=Y.tomcat03").backend(), "tomcat02");
+        assert_eq!(
+            nginx.get("/a;jsessionid=X.tomcat02?jsessionid=Y.tomcat03").backend(),
+            "tomcat02"
+        );
         // A cookie with an unknown route does not hide a good URL session.
         let r = nginx.get_with("/a;jsessionid=X.tomcat03", &[("Cookie", "JSESSIONID=Z.gone")]);
         assert_eq!(r.backend(), "tomcat03");
@@ -115,8 +125,15 @@ fn several_cookies_of_the_name_and_quotes() {
 fn unknown_or_empty_routes_fall_back_to_round_robin() {
     let tomcats = three_tomcats();
     let nginx = start(&tomcats, &[], JVM_ROUTE);
-    for cookie in ["JSESSIONID=X.tomcat99", "JSESSIONID=NODOT", "JSESSIONID=X.", "JSESSIONID=", "JSESSIONID=X.tomcat0"] {
-        let responses: Vec<Response> = (0..30).map(|_| nginx.get_with("/", &[("Cookie", cookie)])).collect();
+    for cookie in [
+        "JSESSIONID=X.tomcat99",
+        "JSESSIONID=NODOT",
+        "JSESSIONID=X.",
+        "JSESSIONID=",
+        "JSESSIONID=X.tomcat0",
+    ] {
+        let responses: Vec<Response> =
+            (0..30).map(|_| nginx.get_with("/", &[("Cookie", cookie)])).collect();
         assert!(responses.iter().all(|r| r.status == 200));
         let counts = tally(&responses);
         assert_eq!(counts.len(), 3, "{cookie}: {counts:?}");
@@ -136,7 +153,9 @@ fn prefix_mode_for_resin() {
         assert_eq!(nginx.get_with("/", &[("Cookie", "JSESSIONID=bXYZ123")]).backend(), "b");
     }
     // Without a matching prefix: round robin.
-    let counts = tally(&(0..20).map(|_| nginx.get_with("/", &[("Cookie", "JSESSIONID=cXYZ")])).collect::<Vec<_>>());
+    let counts = tally(
+        &(0..20).map(|_| nginx.get_with("/", &[("Cookie", "JSESSIONID=cXYZ")])).collect::<Vec<_>>(),
+    );
     assert_eq!(counts.get("a"), Some(&10));
     assert_eq!(counts.get("b"), Some(&10));
 }
@@ -160,7 +179,11 @@ fn any_variable_as_the_source() {
         assert_eq!(nginx.get("/a;sid=X.tomcat02").backend(), "tomcat02");
         assert_eq!(nginx.get("/a?sid=X.tomcat01").backend(), "tomcat01");
         // The cookie is not the source here.
-        let counts = tally(&(0..3).map(|_| nginx.get_with("/", &[("Cookie", "JSESSIONID=X.tomcat01")])).collect::<Vec<_>>());
+        let counts = tally(
+            &(0..3)
+                .map(|_| nginx.get_with("/", &[("Cookie", "JSESSIONID=X.tomcat01")]))
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(counts.len(), 3);
     }
 }
@@ -177,12 +200,16 @@ fn a_server_without_srun_id_is_only_balanced_to() {
     let nginx = Nginx::start(1, &http_block(&upstreams, ""));
     // The original module gave such a server the route "a".
     for cookie in ["JSESSIONID=X.a", "JSESSIONID=X.plain"] {
-        let counts = tally(&(0..10).map(|_| nginx.get_with("/", &[("Cookie", cookie)])).collect::<Vec<_>>());
+        let counts =
+            tally(&(0..10).map(|_| nginx.get_with("/", &[("Cookie", cookie)])).collect::<Vec<_>>());
         assert_eq!(counts.get("tomcat01"), Some(&5), "{cookie}: {counts:?}");
         assert_eq!(counts.get("plain"), Some(&5), "{cookie}: {counts:?}");
     }
     for _ in 0..5 {
-        assert_eq!(nginx.get_with("/", &[("Cookie", "JSESSIONID=X.tomcat01")]).backend(), "tomcat01");
+        assert_eq!(
+            nginx.get_with("/", &[("Cookie", "JSESSIONID=X.tomcat01")]).backend(),
+            "tomcat01"
+        );
     }
 }
 
@@ -210,7 +237,8 @@ fn hostile_requests_are_sessionless_not_errors() {
     let tomcats = three_tomcats();
     let nginx = Nginx::start(2, &http_block(&upstream("tomcats", &tomcats, &[], JVM_ROUTE), ""));
     let huge = format!("JSESSIONID={}.tomcat01", "A".repeat(7000));
-    let many: String = (0..300).map(|i| format!("c{i}=v{i}; ")).collect::<String>() + "JSESSIONID=X.tomcat02";
+    let many: String =
+        (0..300).map(|i| format!("c{i}=v{i}; ")).collect::<String>() + "JSESSIONID=X.tomcat02";
     let long_route = format!("JSESSIONID=X.{}", "t".repeat(5000));
     let cases: Vec<Vec<u8>> = vec![
         format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {huge}\r\nConnection: close\r\n\r\n").into_bytes(),

@@ -21,7 +21,9 @@ pub fn nginx_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TEST_NGINX_BINARY") {
         return PathBuf::from(path);
     }
-    PathBuf::from(option_env!("JVM_ROUTE_NGINX_BINARY").expect("no nginx binary: set TEST_NGINX_BINARY"))
+    PathBuf::from(
+        option_env!("JVM_ROUTE_NGINX_BINARY").expect("no nginx binary: set TEST_NGINX_BINARY"),
+    )
 }
 
 /// The module: `TEST_JVM_ROUTE_MODULE`, else the one cargo built beside this test binary.
@@ -43,7 +45,10 @@ pub fn running_as_root() -> bool {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A fresh temporary directory with `logs/`, removed on drop.
@@ -85,7 +90,7 @@ fn wait_for_port(port: u16, up: bool) {
 
 /// A backend that behaves like a Tomcat with `jvmRoute` = `route`: a request without a session
 /// of its own gets `Set-Cookie: JSESSIONID=<32 hex>.<route>`; every reply names the route in its
-/// body (`<route> <uri>`) and in `X-Backend`. `/slow` answers slowly (about 3 s) to hold a
+/// body (`<route> <uri> connection_requests=<n>`) and in `X-Backend`. `/slow` answers slowly (about 3 s) to hold a
 /// connection open.
 pub struct Backend {
     pub route: String,
@@ -96,8 +101,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(route: &str) -> Backend {
-        let mut backend =
-            Backend { route: route.to_owned(), port: free_port(), dir: TempDir::new(route), child: None };
+        let mut backend = Backend {
+            route: route.to_owned(),
+            port: free_port(),
+            dir: TempDir::new(route),
+            child: None,
+        };
         backend.restart();
         backend
     }
@@ -127,7 +136,7 @@ http {{
                 add_header Set-Cookie "JSESSIONID=$request_id.{route}; Path=/" always;
             }}
             add_header X-Backend {route} always;
-            return 200 "{route} $request_uri\n";
+            return 200 "{route} $request_uri connection_requests=$connection_requests\n";
         }}
     }}
 }}
@@ -207,7 +216,8 @@ impl Nginx {
     pub fn start(workers: usize, http_conf: &str) -> Nginx {
         let port = free_port();
         let dir = TempDir::new("proxy");
-        let conf = format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &port.to_string()));
+        let conf =
+            format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &port.to_string()));
         fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
         let test = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
         assert!(
@@ -231,8 +241,11 @@ impl Nginx {
 
     /// Rewrites the configuration (same port) and sends SIGHUP.
     pub fn reload_with(&self, http_conf: &str, workers: usize) {
-        let conf =
-            format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &self.port.to_string()));
+        let conf = format!(
+            "{}{}",
+            main_preamble(workers),
+            http_conf.replace("{port}", &self.port.to_string())
+        );
         fs::write(self.dir().join("nginx.conf"), conf).expect("write nginx.conf");
         self.signal(libc::SIGHUP);
     }
@@ -284,7 +297,13 @@ impl Drop for Nginx {
 
 fn nginx_command(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(nginx_binary());
-    cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg("stderr").args(extra);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg("stderr")
+        .args(extra);
     cmd
 }
 
@@ -293,7 +312,8 @@ fn nginx_command(dir: &Path, extra: &[&str]) -> Command {
 pub fn nginx_test_config(http_conf: &str) -> (Output, PathBuf, TempDir) {
     let dir = TempDir::new("conftest");
     let path = dir.path().join("nginx.conf");
-    let conf = format!("{}{}", main_preamble(1), http_conf.replace("{port}", &free_port().to_string()));
+    let conf =
+        format!("{}{}", main_preamble(1), http_conf.replace("{port}", &free_port().to_string()));
     fs::write(&path, conf).expect("write nginx.conf");
     let output = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
     (output, path, dir)
