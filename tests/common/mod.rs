@@ -21,9 +21,10 @@ pub fn nginx_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TEST_NGINX_BINARY") {
         return PathBuf::from(path);
     }
-    PathBuf::from(
-        option_env!("JVM_ROUTE_NGINX_BINARY").expect("no nginx binary: set TEST_NGINX_BINARY"),
-    )
+    match option_env!("JVM_ROUTE_NGINX_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("no nginx binary known: set TEST_NGINX_BINARY"),
+    }
 }
 
 /// The module: `TEST_JVM_ROUTE_MODULE`, else the one cargo built beside this test binary.
