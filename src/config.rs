@@ -174,7 +174,14 @@ pub unsafe extern "C" fn cmd_server(
         }
         if let Some(n) = value.strip_prefix(b"max_busy=") {
             // The original module's name for what nginx calls max_conns.
-            if !n.iter().all(u8::is_ascii_digit) || n.is_empty() {
+            // nginx's ngx_atoi takes at most NGX_MAX_INT_T_VALUE; check here so that an error
+            // names max_busy, which the user wrote, not the max_conns it becomes.
+            let fits = std::str::from_utf8(n)
+                .ok()
+                .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<isize>().ok())
+                .is_some();
+            if !fits {
                 return conf_error(cf, ConfError::MaxBusy(lossy(n)));
             }
             // SAFETY: `cf->pool` is the configuration pool.

@@ -32,10 +32,15 @@ pub fn module_path() -> PathBuf {
     if let Some(path) = std::env::var_os("TEST_JVM_ROUTE_MODULE") {
         return PathBuf::from(path);
     }
+    // cargo rebuilds the cdylib beside the test binaries (target/<profile>/deps) whenever it
+    // builds the tests; the copy one level up is refreshed only by `cargo build`.
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/lib<name>.so
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
-    profile_dir.join("libngx_http_upstream_jvm_route_module.so")
+    let deps = exe.parent().expect("deps dir");
+    let name = "libngx_http_upstream_jvm_route_module.so";
+    [deps.join(name), deps.parent().expect("profile dir").join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the module was not built")
 }
 
 /// Whether the tests run as root (nginx's workers must then stay root to read the temp dirs).

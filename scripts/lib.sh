@@ -1,0 +1,68 @@
+# Shared by the project's scripts: install what the build needs on Debian/Ubuntu.
+# Sourced, not run.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MIN_RUST="1.82"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# Installs the Debian packages named in "$@" that are missing: directly as root, otherwise
+# prints the exact command and stops.
+need_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "These packages are needed: ${missing[*]}" >&2
+        echo "Run this, then run this script again:" >&2
+        echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+}
+
+# Makes sure cargo >= MIN_RUST is on PATH, installing the stable toolchain with rustup
+# (into ~/.cargo, no root needed) when it is missing or too old.
+need_rust() {
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if command -v cargo >/dev/null; then
+        local have
+        have="$(cargo --version | awk '{print $2}')"
+        if [ "$(printf '%s\n%s\n' "$MIN_RUST" "$have" | sort -V | head -1)" = "$MIN_RUST" ]; then
+            return 0
+        fi
+        if command -v rustup >/dev/null; then
+            say "cargo $have is older than $MIN_RUST: updating the stable toolchain"
+            rustup toolchain install stable --profile minimal -c rustfmt -c clippy
+            rustup default stable
+            return 0
+        fi
+    fi
+    say "installing Rust (stable) with rustup into ~/.cargo"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+        | sh -s -- -y --profile minimal -c rustfmt -c clippy
+    . "$HOME/.cargo/env"
+}
+
+# What building the module against the vendored nginx needs.
+need_build_deps() {
+    need_packages ca-certificates curl gcc make pkg-config libclang-dev libpcre2-dev libssl-dev zlib1g-dev
+    need_rust
+}
+
+# The nginx binary that the vendored build produced (the one the module was built against).
+vendored_nginx() {
+    local bin
+    bin="$(ls -t "$ROOT"/target/release/build/nginx-sys-*/out/objs/nginx 2>/dev/null | head -1)"
+    [ -x "$bin" ] || { echo "no vendored nginx binary: run cargo build --release first" >&2; exit 1; }
+    echo "$bin"
+}
