@@ -8,12 +8,12 @@
 
 #![warn(missing_docs)]
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::ptr::{addr_of, addr_of_mut, null, null_mut};
 
 use ngx::ffi::{
-    ngx_command_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_1MORE, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleServerConf};
 use ngx::ngx_string;
@@ -44,33 +44,27 @@ unsafe impl HttpModuleServerConf for Module {
     type ServerConf = config::UpstreamConf;
 }
 
+/// A directive of the `upstream {}` block that takes one or more arguments.
+const fn upstream_command(name: ngx_str_t, set: CommandHandler) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    }
+}
+
+type CommandHandler =
+    unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
 static mut COMMANDS: [ngx_command_t; 4] = [
     // Takes `srun_id=` and `max_busy=` out of the stock `server` directive, then passes it on.
-    ngx_command_t {
-        name: ngx_string!("server"),
-        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
-        set: Some(config::cmd_server),
-        conf: NGX_HTTP_SRV_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("jvm_route"),
-        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
-        set: Some(config::cmd_jvm_route),
-        conf: NGX_HTTP_SRV_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
+    upstream_command(ngx_string!("server"), config::cmd_server),
+    upstream_command(ngx_string!("jvm_route"), config::cmd_jvm_route),
     // Places this balancer beneath `keepalive`, whatever the directive order; then passes on.
-    ngx_command_t {
-        name: ngx_string!("keepalive"),
-        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
-        set: Some(config::cmd_keepalive),
-        conf: NGX_HTTP_SRV_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
+    upstream_command(ngx_string!("keepalive"), config::cmd_keepalive),
     ngx_command_t::empty(),
 ];
 
