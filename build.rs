@@ -35,7 +35,9 @@ fn main() {
     shim.file("src/shim.c")
         .warnings(true)
         .extra_warnings(true)
-        .flag_if_supported("-Wno-unused-parameter");
+        .flag_if_supported("-Wno-unused-parameter")
+        // A macro missing from this nginx version must fail the build, not the module's load.
+        .flag_if_supported("-Werror=implicit-function-declaration");
     if let Ok(includes) = env::var("DEP_NGINX_INCLUDE") {
         for dir in env::split_paths(&includes) {
             shim.include(dir);

@@ -49,12 +49,15 @@ ngx_http_jvm_route_peer_unlock(ngx_http_upstream_rr_peers_t *peers,
 
 
 /* A peer picked outside round robin must hold the reference that the
- * round-robin free callback gives back (nginx 1.27.3+ with a zone). */
+ * round-robin free callback gives back (nginx 1.27.3+ with a zone; older
+ * versions count no references). */
 void
 ngx_http_jvm_route_peer_ref(ngx_http_upstream_rr_peers_t *peers,
     ngx_http_upstream_rr_peer_t *peer)
 {
+#if defined(ngx_http_upstream_rr_peer_ref)
     ngx_http_upstream_rr_peer_ref(peers, peer);
+#endif
 }
 
 

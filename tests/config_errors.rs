@@ -564,11 +564,29 @@ fn srun_id_without_jvm_route_warns() {
 // ---------------------------------------------------------------------------------------------
 // stream {} upstreams are not the module's.
 
+/// `load_module` for the stream module when this nginx has it as a dynamic module (Debian's
+/// packaged nginx: package libnginx-mod-stream); nothing when it is built in.
+fn stream_module_line() -> String {
+    let out = Command::new(nginx_binary()).arg("-V").output().expect("nginx -V");
+    let flags = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !flags.contains("--with-stream=dynamic") {
+        return String::new();
+    }
+    let modules = flags
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("--modules-path="))
+        .unwrap_or("/usr/lib/nginx/modules");
+    let path = Path::new(modules).join("ngx_stream_module.so");
+    assert!(path.exists(), "{} is missing: apt-get install libnginx-mod-stream", path.display());
+    format!("load_module {};\n", path.display())
+}
+
 fn with_stream(stream_upstream_lines: &str) -> String {
     let http = tomcats(&format!("{SERVERS}{JVM_ROUTE}"));
     format!(
-        "{http}stream {{\n    upstream backends {{\n{stream_upstream_lines}    }}\n    server {{\n        \
-         listen 127.0.0.1:19999;\n        proxy_pass backends;\n    }}\n}}\n"
+        "{}{http}stream {{\n    upstream backends {{\n{stream_upstream_lines}    }}\n    server {{\n        \
+         listen 127.0.0.1:19999;\n        proxy_pass backends;\n    }}\n}}\n",
+        stream_module_line()
     )
 }
 

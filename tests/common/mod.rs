@@ -216,15 +216,33 @@ pub fn main_preamble(workers: usize) -> String {
     )
 }
 
+/// The whole configuration file: the preamble, then `http_conf` with `{port}` replaced. Leading
+/// `load_module` lines of `http_conf` move up into the preamble, where nginx requires them.
+pub fn compose(workers: usize, http_conf: &str, port: u16) -> String {
+    let body = http_conf.replace("{port}", &port.to_string());
+    let (loads, rest): (Vec<&str>, Vec<&str>) =
+        body.lines().partition(|l| l.trim_start().starts_with("load_module "));
+    let preamble = main_preamble(workers);
+    let (first, others) = preamble.split_once('\n').unwrap_or((&preamble, ""));
+    let mut conf = format!("{first}\n");
+    for l in loads {
+        conf.push_str(l.trim());
+        conf.push('\n');
+    }
+    conf.push_str(others);
+    conf.push_str(&rest.join("\n"));
+    conf.push('\n');
+    conf
+}
+
 impl Nginx {
     /// Writes `main_preamble(workers)` + `http_conf` (the whole `http {}` block, with `{port}`
     /// standing for the proxy's listen port), checks it with `nginx -t` and starts nginx.
     pub fn start(workers: usize, http_conf: &str) -> Nginx {
         let port = free_port();
         let dir = TempDir::new("proxy");
-        let conf =
-            format!("{}{}", main_preamble(workers), http_conf.replace("{port}", &port.to_string()));
-        fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        fs::write(dir.path().join("nginx.conf"), compose(workers, http_conf, port))
+            .expect("write nginx.conf");
         let test = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
         assert!(
             test.status.success(),
@@ -247,12 +265,8 @@ impl Nginx {
 
     /// Rewrites the configuration (same port) and sends SIGHUP.
     pub fn reload_with(&self, http_conf: &str, workers: usize) {
-        let conf = format!(
-            "{}{}",
-            main_preamble(workers),
-            http_conf.replace("{port}", &self.port.to_string())
-        );
-        fs::write(self.dir().join("nginx.conf"), conf).expect("write nginx.conf");
+        fs::write(self.dir().join("nginx.conf"), compose(workers, http_conf, self.port))
+            .expect("write nginx.conf");
         self.signal(libc::SIGHUP);
     }
 
@@ -318,16 +332,15 @@ fn nginx_command(dir: &Path, extra: &[&str]) -> Command {
 pub fn nginx_test_config(http_conf: &str) -> (Output, PathBuf, TempDir) {
     let dir = TempDir::new("conftest");
     let path = dir.path().join("nginx.conf");
-    let conf =
-        format!("{}{}", main_preamble(1), http_conf.replace("{port}", &free_port().to_string()));
-    fs::write(&path, conf).expect("write nginx.conf");
+    fs::write(&path, compose(1, http_conf, free_port())).expect("write nginx.conf");
     let output = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
     (output, path, dir)
 }
 
-/// The line number (1-based) of the first line of `preamble + http_conf` that contains `needle`.
+/// The line number (1-based) of the first line of the composed configuration that contains
+/// `needle`.
 pub fn line_of(http_conf: &str, needle: &str) -> usize {
-    let conf = format!("{}{}", main_preamble(1), http_conf);
+    let conf = compose(1, http_conf, 0);
     conf.lines().position(|l| l.contains(needle)).map(|i| i + 1).expect("needle in config")
 }
 

@@ -1,0 +1,42 @@
+# nginx (official image) with ngx_http_upstream_jvm_route, built against exactly that nginx.
+#
+#   docker build -t nginx-jvm-route .
+#   docker run -p 8080:80 -e BACKEND1=10.0.0.1:8080 -e BACKEND2=10.0.0.2:8080 nginx-jvm-route
+#
+# BACKEND1/BACKEND2 are the Tomcats; ROUTE1/ROUTE2 their jvmRoutes (default tomcat01/tomcat02).
+# A module loads only into the nginx version it was built for: NGINX_VERSION selects both the
+# runtime image and the nginx source the module is compiled against.
+
+ARG NGINX_VERSION=1.28.0
+ARG RUST_VERSION=1.86
+
+FROM nginx:${NGINX_VERSION}-bookworm AS runtime-nginx
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+ARG NGINX_VERSION
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The base image pins the distribution release; exact package versions would break on its
+# point releases, and these packages exist only in the builder.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        ca-certificates curl gcc libclang-dev libpcre2-dev libssl-dev make pkg-config zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
+# The runtime image's own nginx tells which configure arguments the module must match.
+COPY --from=runtime-nginx /usr/sbin/nginx /usr/local/bin/nginx-runtime
+RUN curl -fsSL "https://nginx.org/download/nginx-${NGINX_VERSION}.tar.gz" | tar -xz -C /usr/src
+WORKDIR /build
+COPY Cargo.toml Cargo.lock build.rs rustfmt.toml ./
+COPY src src
+COPY scripts scripts
+RUN scripts/build-for-nginx "/usr/src/nginx-${NGINX_VERSION}" /usr/local/bin/nginx-runtime \
+    && cp "target/nginx-${NGINX_VERSION}/release/libngx_http_upstream_jvm_route_module.so" \
+        /ngx_http_upstream_jvm_route_module.so
+
+FROM nginx:${NGINX_VERSION}-bookworm
+COPY --from=builder /ngx_http_upstream_jvm_route_module.so /usr/lib/nginx/modules/
+COPY nginx-conf/docker/nginx.conf /etc/nginx/nginx.conf
+COPY nginx-conf/docker/default.conf.template /etc/nginx/templates/default.conf.template
+ENV ROUTE1=tomcat01 \
+    ROUTE2=tomcat02
+EXPOSE 80
