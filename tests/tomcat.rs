@@ -105,17 +105,11 @@ impl Tomcat {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let server_xml = base.join("conf/server.xml");
-        edit(
-            &server_xml,
-            r#"<Engine name="Catalina" defaultHost="localhost">"#,
-            &format!(r#"<Engine name="Catalina" defaultHost="localhost" jvmRoute="{node}">"#),
-        );
-        edit(
-            &server_xml,
-            &format!(r#"<Connector port="{port}" protocol="HTTP/1.1""#),
-            &format!(r#"<Connector port="{port}" address="127.0.0.1" protocol="HTTP/1.1""#),
-        );
+        // The compose example's server.xml: jvmRoute, port and address are system properties
+        // (see `spawn`), so this also proves that file on a real Tomcat.
+        let shared_server_xml =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf/docker/server.xml");
+        fs::copy(shared_server_xml, base.join("conf/server.xml")).expect("copy server.xml");
         // No session persistence across restarts (StandardManager's SESSIONS.ser): a restarted
         // Tomcat starts empty, as a crashed one would.
         edit(
@@ -152,8 +146,10 @@ impl Tomcat {
             .env(
                 "CATALINA_OPTS",
                 format!(
-                    "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto -Dnode={}",
-                    self.node
+                    "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto -Dnode={node} \
+                     -DjvmRoute={node} -Dhttp.port={port} -Dhttp.address=127.0.0.1",
+                    node = self.node,
+                    port = self.port
                 ),
             )
             .stdin(Stdio::null())
