@@ -21,6 +21,7 @@ use ngx::http::{HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
 
 use crate::config::{servers, str_bytes, JvmRoute, SessionSource, UpstreamConf};
+use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
 use crate::route::{choose_route, first_usable, PeerList, RouteId, RouteTable, SessionRoute};
 use crate::session::{cookie_values, path_parameter, query_parameter};
@@ -55,7 +56,10 @@ struct PeerData {
     original_set_session: ngx::ffi::ngx_event_set_peer_session_pt,
     original_save_session: ngx::ffi::ngx_event_save_peer_session_pt,
     conf: *const UpstreamConf,
-    route: RouteId,
+    /// The session's route, if it names one of this upstream.
+    route: Option<RouteId>,
+    /// The session id that decided (request memory: the Cookie header, the URI or the pool).
+    session: ngx_str_t,
     stamp: u64,
 }
 
@@ -107,7 +111,11 @@ unsafe extern "C" fn init_peer(
     // SAFETY: `r` is live; the URI and arguments are read-only during the request.
     let session = unsafe { find_session(r, jvm_route, &routes.table) };
     ngx_log_debug_http!(request, "jvm_route: session route {:?}", session);
-    let SessionRoute::Known(route) = session else { return rc };
+    let (route, session) = match session {
+        SessionRoute::Known(route, id) => (Some(route), id),
+        SessionRoute::Unknown(id) if jvm_route.failover == Failover::Consistent => (None, id),
+        _ => return rc,
+    };
 
     // SAFETY: `r->upstream` is set while its balancer is initialised; the peer data lives in
     // the request pool as long as the upstream does.
@@ -126,6 +134,7 @@ unsafe extern "C" fn init_peer(
             original_save_session: u.peer.save_session,
             conf: ucf,
             route,
+            session: ngx_str_t { len: session.len(), data: session.as_ptr().cast_mut() },
             stamp: routes.stamp,
         });
         u.peer.data = pd.cast();
@@ -149,11 +158,11 @@ unsafe extern "C" fn init_peer(
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn find_session(
+unsafe fn find_session<'r>(
     r: *mut ngx_http_request_t,
-    jvm_route: &JvmRoute,
+    jvm_route: &'r JvmRoute,
     table: &RouteTable,
-) -> SessionRoute {
+) -> SessionRoute<'r> {
     let mut lines = [ngx_str_t { len: 0, data: std::ptr::null_mut() }; MAX_COOKIE_LINES];
     let mut value = ngx_str_t { len: 0, data: std::ptr::null_mut() };
     let mut cookie_name: &[u8] = &[];
@@ -175,16 +184,35 @@ unsafe fn find_session(
         }
     };
 
-    let cookies =
-        lines[..line_count].iter().flat_map(|line| cookie_values(str_bytes(line), cookie_name));
-    let source_value = Some(str_bytes(&value)).filter(|v| !v.is_empty());
-    // SAFETY: `r` is live; the raw URI and the arguments point into its request buffer.
-    let (uri, args) = unsafe { (str_bytes(&(*r).unparsed_uri), str_bytes(&(*r).args)) };
+    // SAFETY: the header lines, the complex value (request pool), the raw URI and the
+    // arguments all live in the request's memory for as long as the request.
+    let (lines, value, uri, args) = unsafe {
+        (
+            lines.map(|line| request_bytes::<'r>(line)),
+            request_bytes::<'r>(value),
+            request_bytes::<'r>((*r).unparsed_uri),
+            request_bytes::<'r>((*r).args),
+        )
+    };
+    let cookies = lines[..line_count].iter().flat_map(|line| cookie_values(line, cookie_name));
+    let source_value = Some(value).filter(|v| !v.is_empty());
     let url_name = jvm_route.url_name.as_deref();
     let from_path = url_name.and_then(|name| path_parameter(uri, name));
     let from_query = url_name.and_then(|name| query_parameter(args, name));
 
     choose_route(table, cookies.chain(source_value).chain(from_path).chain(from_query))
+}
+
+/// The bytes of an `ngx_str_t` that points into a request's memory, for that request's life.
+///
+/// # Safety
+/// `s` must be empty or point to `len` bytes that stay valid and unchanged for `'r`.
+unsafe fn request_bytes<'r>(s: ngx_str_t) -> &'r [u8] {
+    if s.len == 0 || s.data.is_null() {
+        return &[];
+    }
+    // SAFETY: per the function contract.
+    unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
 /// The route table of the upstream's current peer list, built on first use in each worker and
@@ -276,12 +304,13 @@ unsafe fn build_routes(
     }
 }
 
-/// `get`: a usable peer of the session's route, else the wrapped method's choice.
+/// `get`: a usable peer of the session's route; else, with `failover=consistent`, the peer the
+/// session id hashes to; else the wrapped method's choice.
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: `data` is the PeerData set in `init_peer`; `pc` is the request's connection.
     let (pd, pc_ref) = unsafe { (&*data.cast::<PeerData>(), &mut *pc) };
     // SAFETY: as above; the wrapped data begins with round robin's.
-    if unsafe { pick_sticky_peer(pc_ref, pd) } {
+    if unsafe { pick_sticky_peer(pc_ref, pd) || pick_consistent_peer(pc_ref, pd) } {
         return Status::NGX_OK.0;
     }
     match pd.original_get {
@@ -291,19 +320,66 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     }
 }
 
+/// The routes this request's route id and peer indices refer to, unless the table was rebuilt
+/// since `init_peer`.
+///
+/// # Safety
+/// `pd.conf` must point at the upstream configuration, alive for the whole cycle.
+unsafe fn request_routes(pd: &PeerData) -> Option<&PeerRoutes> {
+    // SAFETY: per the function contract; the cell is only touched from this worker's thread.
+    let routes = unsafe { (*(*pd.conf).routes.get()).as_ref() }?;
+    (routes.stamp == pd.stamp).then_some(routes)
+}
+
+/// `failover=consistent`: the usable primary peer with the highest rendezvous score for the
+/// session id (weighted). Backups are left to the wrapped method, as round robin orders them.
+///
+/// # Safety
+/// `pd` must be this request's PeerData and `pc` its peer connection.
+unsafe fn pick_consistent_peer(pc: &mut ngx_peer_connection_t, pd: &PeerData) -> bool {
+    // SAFETY: `conf` outlives the request.
+    let Some(routes) = (unsafe { request_routes(pd) }) else { return false };
+    // SAFETY: as above.
+    let jvm_route = unsafe { (*pd.conf).jvm_route.as_ref() };
+    if jvm_route.is_none_or(|j| j.failover != Failover::Consistent) {
+        return false;
+    }
+    // SAFETY: every stock balancer's peer data begins with round robin's.
+    let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
+    let list = rrp.peers;
+    // SAFETY: `list` is null or the request's current peer list, locked before it is read.
+    if list.is_null() || list != routes.list || unsafe { (*list).single() } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let _lock = unsafe { PeersLock::write(list) };
+    // SAFETY: the list is locked.
+    if unsafe { peers::is_stale(rrp) } {
+        return false;
+    }
+    let now = ngx_time();
+    let session = str_bytes(&pd.session);
+    // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
+    let candidates = routes.primary.iter().enumerate().filter_map(|(index, &peer)| unsafe {
+        let p = &*peer;
+        (!peers::is_tried(rrp, index) && peers::is_usable(p, now))
+            .then(|| (index, str_bytes(&p.name), p.weight.max(1) as u64))
+    });
+    let Some(index) = failover::pick(session, candidates) else { return false };
+    // SAFETY: the list is write-locked and holds the peer at `index`.
+    unsafe { peers::take(pc, rrp, routes.primary[index], index, now) };
+    true
+}
+
 /// Takes a usable peer of the request's route, as round robin would take it. A route that
 /// names only backup servers is honoured only when no primary server is usable.
 ///
 /// # Safety
 /// `pd` must be this request's PeerData and `pc` its peer connection.
 unsafe fn pick_sticky_peer(pc: &mut ngx_peer_connection_t, pd: &PeerData) -> bool {
-    // SAFETY: `conf` points at the upstream configuration, alive for the whole cycle; the
-    // routes cell is only touched from this worker's single thread.
-    let Some(routes) = (unsafe { (*(*pd.conf).routes.get()).as_ref() }) else { return false };
-    if routes.stamp != pd.stamp {
-        return false;
-    }
-    let Some(route) = routes.table.route(pd.route) else { return false };
+    // SAFETY: `conf` outlives the request.
+    let Some(routes) = (unsafe { request_routes(pd) }) else { return false };
+    let Some(route) = pd.route.and_then(|id| routes.table.route(id)) else { return false };
     // SAFETY: every stock balancer's peer data begins with round robin's.
     let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
     let list = rrp.peers;

@@ -24,6 +24,7 @@ use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpUps
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
 use crate::balancer::{self, PeerRoutes};
+use crate::failover::Failover;
 use crate::route::{validate_srun_id, RouteMode, SrunIdError};
 use crate::Module;
 
@@ -45,6 +46,8 @@ pub struct JvmRoute {
     pub url_name: Option<Box<[u8]>>,
     /// How a session id names its route.
     pub mode: RouteMode,
+    /// Where a session goes when its server cannot take it.
+    pub failover: Failover,
 }
 
 /// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
@@ -87,9 +90,14 @@ pub enum ConfError {
     /// `srun_id=` and a different native `route=`.
     #[error("\"srun_id\" and \"route\" differ in \"server\" directive")]
     SrunIdAndRoute,
-    /// More than the allowed arguments.
-    #[error("invalid number of arguments in \"jvm_route\" directive")]
-    ArgumentCount,
+    /// An option given twice.
+    #[error("duplicate option \"{0}\" in \"jvm_route\" directive")]
+    DuplicateOption(String),
+    /// A bad `failover=` value.
+    #[error(
+        "invalid failover \"{0}\" in \"jvm_route\" directive: use \"balance\" or \"consistent\""
+    )]
+    FailoverMode(String),
     /// An option that `jvm_route` does not know.
     #[error("invalid parameter \"{0}\" in \"jvm_route\" directive")]
     UnknownOption(String),
@@ -271,7 +279,7 @@ pub unsafe extern "C" fn cmd_keepalive(
     ngx::core::NGX_CONF_OK
 }
 
-/// Handler of `jvm_route SOURCE[|URL_NAME] [reverse];`.
+/// Handler of `jvm_route SOURCE[|URL_NAME] [reverse] [failover=balance|consistent];`.
 ///
 /// # Safety
 /// Called by nginx with a valid `cf` inside `upstream {}`; `conf` is this module's
@@ -286,15 +294,27 @@ pub unsafe extern "C" fn cmd_jvm_route(
     if ucf.jvm_route.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    if args.len() > 3 {
-        return conf_error(cf, ConfError::ArgumentCount);
-    }
-
     let mut mode = RouteMode::Prefix;
+    let mut failover = Failover::Balance;
+    let mut seen: Vec<&[u8]> = Vec::new();
     for option in &args[2..] {
-        match bytes(option) {
-            b"reverse" => mode = RouteMode::AfterFirstDot,
-            other => return conf_error(cf, ConfError::UnknownOption(lossy(other))),
+        let option = bytes(option);
+        let (name, value) = match option.iter().position(|&b| b == b'=') {
+            Some(eq) => (&option[..eq], Some(&option[eq + 1..])),
+            None => (option, None),
+        };
+        if seen.contains(&name) {
+            return conf_error(cf, ConfError::DuplicateOption(lossy(name)));
+        }
+        seen.push(name);
+        match (name, value) {
+            (b"reverse", None) => mode = RouteMode::AfterFirstDot,
+            (b"failover", Some(b"balance")) => failover = Failover::Balance,
+            (b"failover", Some(b"consistent")) => failover = Failover::Consistent,
+            (b"failover", Some(other)) => {
+                return conf_error(cf, ConfError::FailoverMode(lossy(other)));
+            }
+            _ => return conf_error(cf, ConfError::UnknownOption(lossy(option))),
         }
     }
 
@@ -322,7 +342,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
         (None, SessionSource::Value(_)) => None,
     };
 
-    ucf.jvm_route = Some(JvmRoute { source, url_name, mode });
+    ucf.jvm_route = Some(JvmRoute { source, url_name, mode, failover });
     ngx::core::NGX_CONF_OK
 }
 

@@ -20,6 +20,7 @@ use ngx::ngx_string;
 
 pub mod balancer;
 pub mod config;
+pub mod failover;
 pub mod peers;
 pub mod route;
 pub mod session;

@@ -125,13 +125,13 @@ impl RouteTable {
 
 /// What a request's session ids say, taken together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionRoute {
+pub enum SessionRoute<'a> {
     /// No session id at all.
     NoSession,
-    /// Session ids, but none names a route of this upstream.
-    Unknown,
-    /// The first session id that names a known route.
-    Known(RouteId),
+    /// Session ids, but none names a route of this upstream: the first of them.
+    Unknown(&'a [u8]),
+    /// The first session id that names a known route, and that route.
+    Known(RouteId, &'a [u8]),
 }
 
 /// Chooses the route of a request from its candidate session ids, in priority order: the
@@ -139,19 +139,15 @@ pub enum SessionRoute {
 pub fn choose_route<'a>(
     table: &RouteTable,
     session_ids: impl IntoIterator<Item = &'a [u8]>,
-) -> SessionRoute {
-    let mut seen = false;
+) -> SessionRoute<'a> {
+    let mut first = None;
     for id in session_ids {
-        seen = true;
         if let Some(route) = table.lookup(id) {
-            return SessionRoute::Known(route);
+            return SessionRoute::Known(route, id);
         }
+        first.get_or_insert(id);
     }
-    if seen {
-        SessionRoute::Unknown
-    } else {
-        SessionRoute::NoSession
-    }
+    first.map_or(SessionRoute::NoSession, SessionRoute::Unknown)
 }
 
 /// The first candidate, starting at `start` and wrapping around, that `usable` accepts.
@@ -262,8 +258,11 @@ mod tests {
         let t = table(RouteMode::AfterFirstDot, &["a", "b"]);
         let pick = |ids: &[&str]| choose_route(&t, ids.iter().map(|s| s.as_bytes()));
         assert_eq!(pick(&[]), SessionRoute::NoSession);
-        assert_eq!(pick(&["X.zz"]), SessionRoute::Unknown);
-        assert_eq!(pick(&["X.zz", "Y.b", "Z.a"]), SessionRoute::Known(t.lookup(b"Y.b").unwrap()));
+        assert_eq!(pick(&["X.zz", "W.yy"]), SessionRoute::Unknown(b"X.zz"));
+        assert_eq!(
+            pick(&["X.zz", "Y.b", "Z.a"]),
+            SessionRoute::Known(t.lookup(b"Y.b").unwrap(), b"Y.b")
+        );
     }
 
     #[test]

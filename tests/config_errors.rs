@@ -131,16 +131,48 @@ fn jvm_route_in_two_upstreams_is_not_duplicate() {
 fn jvm_route_argument_count() {
     let message = "invalid number of arguments in \"jvm_route\" directive";
     assert_rejected(&tomcats_with("jvm_route;"), "jvm_route;", message);
+}
+
+#[test]
+fn jvm_route_options_once_each() {
     assert_rejected(
         &tomcats_with("jvm_route $cookie_JSESSIONID reverse extra;"),
         "    jvm_route",
-        message,
+        "invalid parameter \"extra\" in \"jvm_route\" directive",
     );
     assert_rejected(
         &tomcats_with("jvm_route $cookie_JSESSIONID reverse reverse;"),
         "    jvm_route",
-        message,
+        "duplicate option \"reverse\" in \"jvm_route\" directive",
     );
+    assert_rejected(
+        &tomcats_with("jvm_route $cookie_JSESSIONID failover=balance failover=consistent;"),
+        "    jvm_route",
+        "duplicate option \"failover\" in \"jvm_route\" directive",
+    );
+}
+
+#[test]
+fn jvm_route_failover_values() {
+    for bad in ["failover=", "failover=hash", "failover=CONSISTENT"] {
+        let value = bad.trim_start_matches("failover=");
+        assert_rejected(
+            &tomcats_with(&format!("jvm_route $cookie_JSESSIONID reverse {bad};")),
+            "    jvm_route",
+            &format!(
+                "invalid failover \"{value}\" in \"jvm_route\" directive: use \"balance\" or \"consistent\""
+            ),
+        );
+    }
+    assert_rejected(
+        &tomcats_with("jvm_route $cookie_JSESSIONID reverse failover;"),
+        "    jvm_route",
+        "invalid parameter \"failover\" in \"jvm_route\" directive",
+    );
+    for good in ["failover=balance", "failover=consistent"] {
+        assert_accepted(&tomcats_with(&format!("jvm_route $cookie_JSESSIONID reverse {good};")));
+        assert_accepted(&tomcats_with(&format!("jvm_route $cookie_JSESSIONID {good} reverse;")));
+    }
 }
 
 #[test]
