@@ -256,7 +256,10 @@ mod tests {
     #[test]
     fn choose_route_prefers_the_first_known_route() {
         let t = table(RouteMode::AfterFirstDot, &["a", "b"]);
-        let pick = |ids: &[&str]| choose_route(&t, ids.iter().map(|s| s.as_bytes()));
+        fn pick<'a>(t: &RouteTable, ids: &[&'a str]) -> SessionRoute<'a> {
+            choose_route(t, ids.iter().map(|s| s.as_bytes()))
+        }
+        let pick = |ids: &[&'static str]| pick(&t, ids);
         assert_eq!(pick(&[]), SessionRoute::NoSession);
         assert_eq!(pick(&["X.zz", "W.yy"]), SessionRoute::Unknown(b"X.zz"));
         assert_eq!(
