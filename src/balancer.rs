@@ -1,52 +1,98 @@
 //! The balancer: wraps the upstream's own method (round robin, least_conn, hash, ...) and
 //! decides only the sticky case. nginx calls, in order: [`init_upstream`] once per upstream
-//! at startup, [`init_peer`] once per request, then `get` and `free` once per attempt.
+//! at startup, `init_peer` once per request, then `get` and `free` once per attempt.
 //!
-//! The request's session id is read and its route looked up in `init_peer`; `get` then takes a
-//! usable peer of that route, or leaves the choice to the wrapped method. Every stock method's
-//! per-request data begins with round robin's, so the peer is taken in round robin's books and
-//! the wrapped `free` settles them.
+//! `init_peer` reads the request's session id and looks up its route; `get` takes a usable peer
+//! of that route, or (with `failover=consistent`) the peer the session id hashes to, or leaves
+//! the choice to the wrapped method. Every stock method's per-request data begins with round
+//! robin's, so the peer is taken in round robin's books and the wrapped `free` settles them.
+//! Every attempt is counted in the shared statistics, and the outcome is kept in the request's
+//! context for `$jvm_route_status`.
 
-use std::cell::Cell;
 use std::ffi::c_void;
 
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_pcalloc, ngx_peer_connection_t, ngx_str_t, ngx_time, ngx_uint_t,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pcalloc,
+    ngx_peer_connection_t, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
 };
-use ngx::http::{HttpModuleServerConf, Request};
+use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
 
-use crate::config::{servers, str_bytes, JvmRoute, SessionSource, UpstreamConf};
+use crate::config::{str_bytes, JvmRoute, SessionSource, UpstreamConf};
 use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
-use crate::route::{choose_route, first_usable, PeerList, RouteId, RouteTable, SessionRoute};
+use crate::route::{
+    choose_route, first_usable, Route, RouteId, RouteMode, RouteTable, SessionRoute,
+    MAX_SRUN_ID_LEN,
+};
 use crate::session::{cookie_values, path_parameter, query_parameter};
+use crate::stats::{ServerCounter, Stats, UpstreamCounter};
+use crate::upstream::{self, PeerInfo, PeerRoutes};
 use crate::Module;
 
 /// How many `Cookie` header lines of one request are searched.
 const MAX_COOKIE_LINES: usize = 16;
 
-/// The route table of one peer list, with the peers it indexes. Built per worker process.
-pub struct PeerRoutes {
-    /// srun_id -> peer indices.
-    pub table: RouteTable,
-    /// The primary list this table was built from.
-    list: *mut ngx_http_upstream_rr_peers_t,
-    /// That list's generation when the table was built.
-    generation: ngx_uint_t,
-    /// Counts rebuilds, so that a request can tell its route id belongs to an older table.
-    stamp: u64,
-    primary: Vec<*mut ngx_http_upstream_rr_peer_t>,
-    backup: Vec<*mut ngx_http_upstream_rr_peer_t>,
-    /// Where the next pick among peers sharing a route starts.
-    cursor: Cell<usize>,
+/// What happened to a request, for `$jvm_route_status`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// No session id.
+    #[default]
+    None = 0,
+    /// A session id whose route this upstream does not know.
+    Miss,
+    /// Sent to the session's server.
+    Hit,
+    /// The session's server could not take it: sent elsewhere.
+    Failover,
+    /// The session's server could not take it and `failover=off`: refused with 503.
+    Refused,
 }
 
-/// Per-request state: the wrapped method's callbacks and data, and the route of the session.
+impl Outcome {
+    /// The variable's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::None => "NONE",
+            Outcome::Miss => "MISS",
+            Outcome::Hit => "HIT",
+            Outcome::Failover => "FAILOVER",
+            Outcome::Refused => "REFUSED",
+        }
+    }
+}
+
+/// Per-request state in the module context: read by the variables and the 503 filter.
+#[repr(C)]
+pub struct RequestCtx {
+    /// What happened, as of the last attempt.
+    pub outcome: Outcome,
+    /// The request was refused (`failover=off`): nginx's 502 becomes a 503.
+    pub refused: bool,
+    /// The 503 page has been sent in place of nginx's 502 page.
+    pub page_sent: bool,
+    route_len: u8,
+    route: [u8; MAX_SRUN_ID_LEN],
+}
+
+impl RequestCtx {
+    /// The route read from the session id (empty if none).
+    pub fn route(&self) -> &[u8] {
+        &self.route[..usize::from(self.route_len).min(MAX_SRUN_ID_LEN)]
+    }
+
+    fn set_route(&mut self, route: &[u8]) {
+        let n = route.len().min(MAX_SRUN_ID_LEN);
+        self.route[..n].copy_from_slice(&route[..n]);
+        self.route_len = n as u8;
+    }
+}
+
+/// Per-request balancer state: the wrapped method's callbacks and data, and the session.
 #[repr(C)]
 struct PeerData {
     original_data: *mut c_void,
@@ -56,11 +102,16 @@ struct PeerData {
     original_set_session: ngx::ffi::ngx_event_set_peer_session_pt,
     original_save_session: ngx::ffi::ngx_event_save_peer_session_pt,
     conf: *const UpstreamConf,
+    stats: Option<Stats>,
+    ctx: *mut RequestCtx,
     /// The session's route, if it names one of this upstream.
     route: Option<RouteId>,
     /// The session id that decided (request memory: the Cookie header, the URI or the pool).
     session: ngx_str_t,
+    /// The view the route id and slots refer to.
     stamp: u64,
+    /// The failover away from the route has been counted.
+    failed_over: bool,
 }
 
 /// `init_upstream` of an upstream with `jvm_route` (or beneath `keepalive`): initialises the
@@ -88,8 +139,8 @@ pub unsafe extern "C" fn init_upstream(
     Status::NGX_OK.0
 }
 
-/// Per-request `init`: runs the wrapped method's, reads the session's route, and wraps the
-/// peer callbacks when there is one.
+/// Per-request `init`: applies runtime marks, runs the wrapped method's init, reads the
+/// session's route, counts the request, and wraps the peer callbacks.
 unsafe extern "C" fn init_peer(
     r: *mut ngx_http_request_t,
     us: *mut ngx_http_upstream_srv_conf_t,
@@ -100,31 +151,65 @@ unsafe extern "C" fn init_peer(
         return Status::NGX_ERROR.0;
     };
     let original = ucf.original_init_peer.unwrap_or(ngx_http_upstream_init_round_robin_peer);
+    let Some(jvm_route) = &ucf.jvm_route else {
+        // SAFETY: the wrapped method's per-request init with nginx's own arguments.
+        return unsafe { original(r, us) };
+    };
+    let stats = Module::main_conf(request).and_then(|m| m.stats());
+    let routes = upstream::current(ucf, us_ref);
+    if let (Some(routes), Some(stats)) = (routes, &stats) {
+        // Before the method's init, which counts the peers that are not down.
+        routes.apply_marks(stats);
+    }
     // SAFETY: the wrapped method's per-request init with nginx's own arguments.
     let rc = unsafe { original(r, us) };
     if rc != Status::NGX_OK.0 {
         return rc;
     }
-    let Some(jvm_route) = &ucf.jvm_route else { return rc };
-    let Some(routes) = current_routes(ucf, us_ref) else { return rc };
+    let Some(routes) = routes else { return rc };
 
     // SAFETY: `r` is live; the URI and arguments are read-only during the request.
     let session = unsafe { find_session(r, jvm_route, &routes.table) };
-    ngx_log_debug_http!(request, "jvm_route: session route {:?}", session);
-    let (route, session) = match session {
-        SessionRoute::Known(route, id) => (Some(route), id),
-        SessionRoute::Unknown(id) if jvm_route.failover == Failover::Consistent => (None, id),
-        _ => return rc,
+    ngx_log_debug_http!(request, "jvm_route: session {:?}", session);
+    if let Some(stats) = &stats {
+        let counters: &[UpstreamCounter] = match session {
+            SessionRoute::NoSession => &[UpstreamCounter::WithoutSession],
+            SessionRoute::Unknown(_) => {
+                &[UpstreamCounter::WithSession, UpstreamCounter::UnknownRoute]
+            }
+            SessionRoute::Known(..) => &[UpstreamCounter::WithSession],
+        };
+        for &c in counters {
+            stats.count_upstream(ucf.index, c);
+        }
+    }
+    let (route, id, outcome) = match session {
+        SessionRoute::Known(route, id) => (Some(route), id, Outcome::Hit),
+        SessionRoute::Unknown(id) => (None, id, Outcome::Miss),
+        SessionRoute::NoSession => (None, &[][..], Outcome::None),
     };
 
-    // SAFETY: `r->upstream` is set while its balancer is initialised; the peer data lives in
-    // the request pool as long as the upstream does.
+    // SAFETY: `r->upstream` is set while its balancer is initialised; the context and the peer
+    // data live in the request pool as long as the request.
     unsafe {
-        let u = &mut *(*r).upstream;
+        let ctx = ngx_pcalloc((*r).pool, size_of::<RequestCtx>()).cast::<RequestCtx>();
         let pd = ngx_pcalloc((*r).pool, size_of::<PeerData>()).cast::<PeerData>();
-        if pd.is_null() {
+        if ctx.is_null() || pd.is_null() {
             return Status::NGX_ERROR.0;
         }
+        (*ctx).outcome = outcome;
+        match route.and_then(|id| routes.table.route(id)) {
+            Some(known) => (*ctx).set_route(&known.srun_id),
+            None if jvm_route.mode == RouteMode::AfterFirstDot => {
+                if let Some(dot) = id.iter().position(|&b| b == b'.') {
+                    (*ctx).set_route(&id[dot + 1..]);
+                }
+            }
+            None => {}
+        }
+        request.set_module_ctx(ctx.cast(), Module::module());
+
+        let u = &mut *(*r).upstream;
         pd.write(PeerData {
             original_data: u.peer.data,
             original_get: u.peer.get,
@@ -133,9 +218,12 @@ unsafe extern "C" fn init_peer(
             original_set_session: u.peer.set_session,
             original_save_session: u.peer.save_session,
             conf: ucf,
+            stats,
+            ctx,
             route,
-            session: ngx_str_t { len: session.len(), data: session.as_ptr().cast_mut() },
+            session: ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() },
             stamp: routes.stamp,
+            failed_over: false,
         });
         u.peer.data = pd.cast();
         u.peer.get = Some(get_peer);
@@ -215,160 +303,133 @@ unsafe fn request_bytes<'r>(s: ngx_str_t) -> &'r [u8] {
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
-/// The route table of the upstream's current peer list, built on first use in each worker and
-/// again whenever the list is replaced (zone) or changes (zone resolver).
-fn current_routes<'a>(
-    ucf: &'a UpstreamConf,
-    us: &ngx_http_upstream_srv_conf_t,
-) -> Option<&'a PeerRoutes> {
-    let list = us.peer.data.cast::<ngx_http_upstream_rr_peers_t>();
-    if list.is_null() {
-        return None;
-    }
-    // SAFETY: `list` is the upstream's peer list; reading its generation needs the read lock.
-    let generation = unsafe {
-        let _lock = PeersLock::read(list);
-        peers::generation(list)
+/// `get`: a usable peer of the session's route; else, with `failover=off`, refusal; else, with
+/// `failover=consistent`, the peer the session id hashes to; else the wrapped method's choice.
+unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: `data` is the PeerData set in `init_peer`; `pc` is the request's connection; the
+    // view, when its stamp matches, is this worker's current one.
+    let (pd, pc_ref) = unsafe { (&mut *data.cast::<PeerData>(), &mut *pc) };
+    let routes = unsafe { request_routes(pd) };
+    // SAFETY: `conf` and `ctx` outlive the request.
+    let (jvm_route, ctx) = unsafe { ((*pd.conf).jvm_route.as_ref(), &mut *pd.ctx) };
+    let failover = jvm_route.map_or(Failover::Balance, |j| j.failover);
+    let count = |slot: Option<usize>, counter: ServerCounter| {
+        if let (Some(stats), Some(slot)) = (&pd.stats, slot) {
+            stats.count(slot, counter);
+        }
     };
-    // SAFETY: worker processes are single-threaded and no reference into the cell outlives a
-    // callback, so this is the only access.
-    let slot = unsafe { &mut *ucf.routes.get() };
-    let fresh = slot.as_ref().is_some_and(|t| t.list == list && t.generation == generation);
-    if !fresh {
-        let stamp = slot.as_ref().map_or(0, |t| t.stamp + 1);
-        let jvm_route = ucf.jvm_route.as_ref()?;
-        // SAFETY: `list` is valid; `build_routes` takes the read lock itself.
-        *slot = Some(unsafe { build_routes(ucf, us, list, jvm_route, stamp) });
+
+    if let (Some(routes), Some(route)) = (routes, pd.route.and_then(|id| routes?.table.route(id))) {
+        // SAFETY: the wrapped data begins with round robin's.
+        if let Some(peer) = unsafe { pick_sticky_peer(pc_ref, pd, routes, route) } {
+            ctx.outcome = Outcome::Hit;
+            let slot = routes.slot_of(peer);
+            count(slot, ServerCounter::Requests);
+            count(slot, ServerCounter::Hits);
+            return Status::NGX_OK.0;
+        }
+        if !pd.failed_over {
+            pd.failed_over = true;
+            let first = route.primary.first().map(|&i| &routes.primary[i as usize]);
+            let first = first.or_else(|| route.backup.first().map(|&i| &routes.backup[i as usize]));
+            count(first.and_then(|p| p.slot), ServerCounter::FailoversFrom);
+        }
+        if failover == Failover::Off {
+            ctx.outcome = Outcome::Refused;
+            ctx.refused = true;
+            // SAFETY: every stock balancer's peer data begins with round robin's.
+            let rrp = unsafe { &*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
+            if !rrp.peers.is_null() {
+                // SAFETY: the list is valid for the cycle; nginx logs "no live upstreams"
+                // with this name, as round robin does.
+                pc_ref.name = unsafe { (*rrp.peers).name };
+            }
+            return Status::NGX_BUSY.0;
+        }
     }
-    slot.as_ref()
-}
 
-/// Builds the route table: walks both peer lists in order and finds each peer's server.
-///
-/// Round robin creates peers server by server, `naddrs` peers each (primaries in one list,
-/// backups in the other), and a zone copies them in the same order; so the walk matches peers
-/// to servers by position, checked by name. A peer the walk cannot place (added at run time by
-/// the zone's resolver) is matched by its server name.
-///
-/// # Safety
-/// `list` must be the upstream's valid peer list.
-unsafe fn build_routes(
-    ucf: &UpstreamConf,
-    us: &ngx_http_upstream_srv_conf_t,
-    list: *mut ngx_http_upstream_rr_peers_t,
-    jvm_route: &JvmRoute,
-    stamp: u64,
-) -> PeerRoutes {
-    let _lock = unsafe { PeersLock::read(list) };
-    let servers = servers(us);
-    let srun_id_of = |index: usize| ucf.srun_ids.get(index).and_then(|s| s.as_deref());
-
-    let mut entries: Vec<(&[u8], PeerList, u32)> = Vec::new();
-    let mut collect = |peers: *mut ngx_http_upstream_rr_peers_t, backup: bool, kind: PeerList| {
-        let candidates: Vec<usize> =
-            (0..servers.len()).filter(|&i| (servers[i].backup() != 0) == backup).collect();
-        let mut walk = candidates.iter().flat_map(|&i| std::iter::repeat_n(i, servers[i].naddrs));
-        let mut ptrs = Vec::new();
-        // SAFETY: the list is read-locked for the walk.
-        for (index, peer) in unsafe { peers::iter(peers) }.enumerate() {
-            ptrs.push(peer);
-            // SAFETY: `peer` belongs to the locked list.
-            let name = str_bytes(unsafe { &(*peer).server });
-            let by_position = walk.next().filter(|&i| str_bytes(&servers[i].name) == name);
-            let server = by_position.or_else(|| {
-                candidates.iter().copied().find(|&i| str_bytes(&servers[i].name) == name)
-            });
-            if let Some(srun_id) = server.and_then(srun_id_of) {
-                entries.push((srun_id, kind, index as u32));
+    if failover == Failover::Consistent && pd.session.len > 0 {
+        if let Some(routes) = routes {
+            // SAFETY: the wrapped data begins with round robin's.
+            if let Some(peer) = unsafe { pick_consistent_peer(pc_ref, pd, routes) } {
+                let slot = routes.slot_of(peer);
+                count(slot, ServerCounter::Requests);
+                if pd.route.is_some() {
+                    ctx.outcome = Outcome::Failover;
+                    count(slot, ServerCounter::FailoversTo);
+                }
+                return Status::NGX_OK.0;
             }
         }
-        ptrs
-    };
-    let primary = collect(list, false, PeerList::Primary);
-    // SAFETY: `list` is valid; `next` is null or the backup list.
-    let backup_list = unsafe { (*list).next };
-    let backup = if backup_list.is_null() {
-        Vec::new()
-    } else {
-        collect(backup_list, true, PeerList::Backup)
-    };
-    PeerRoutes {
-        table: RouteTable::build(jvm_route.mode, entries),
-        list,
-        // SAFETY: the list is read-locked.
-        generation: unsafe { peers::generation(list) },
-        stamp,
-        primary,
-        backup,
-        cursor: Cell::new(0),
     }
+
+    let Some(get) = pd.original_get else { return Status::NGX_ERROR.0 };
+    // SAFETY: the wrapped method's own callback and data.
+    let rc = unsafe { get(pc, pd.original_data) };
+    if rc == Status::NGX_OK.0 {
+        if let Some(routes) = routes {
+            // SAFETY: every stock balancer's peer data begins with round robin's, whose
+            // `current` is the peer the method just took.
+            let current =
+                unsafe { (*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
+            let slot = routes.slot_of(current);
+            count(slot, ServerCounter::Requests);
+            if pd.route.is_some() {
+                ctx.outcome = Outcome::Failover;
+                count(slot, ServerCounter::FailoversTo);
+            }
+        }
+    }
+    rc
 }
 
-/// `get`: a usable peer of the session's route; else, with `failover=consistent`, the peer the
-/// session id hashes to; else the wrapped method's choice.
-unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: `data` is the PeerData set in `init_peer`; `pc` is the request's connection.
-    let (pd, pc_ref) = unsafe { (&*data.cast::<PeerData>(), &mut *pc) };
-    // SAFETY: as above; the wrapped data begins with round robin's.
-    if unsafe { pick_sticky_peer(pc_ref, pd) || pick_consistent_peer(pc_ref, pd) } {
-        return Status::NGX_OK.0;
-    }
-    match pd.original_get {
-        // SAFETY: the wrapped method's own callback and data.
-        Some(get) => unsafe { get(pc, pd.original_data) },
-        None => Status::NGX_ERROR.0,
-    }
-}
-
-/// The routes this request's route id and peer indices refer to, unless the table was rebuilt
-/// since `init_peer`.
+/// The view this request's route id and peer indices refer to, unless it was rebuilt since
+/// `init_peer`.
 ///
 /// # Safety
 /// `pd.conf` must point at the upstream configuration, alive for the whole cycle.
-unsafe fn request_routes(pd: &PeerData) -> Option<&PeerRoutes> {
+unsafe fn request_routes<'a>(pd: &PeerData) -> Option<&'a PeerRoutes> {
     // SAFETY: per the function contract; the cell is only touched from this worker's thread.
     let routes = unsafe { (*(*pd.conf).routes.get()).as_ref() }?;
     (routes.stamp == pd.stamp).then_some(routes)
 }
 
 /// `failover=consistent`: the usable primary peer with the highest rendezvous score for the
-/// session id (weighted). Backups are left to the wrapped method, as round robin orders them.
+/// session id (weighted). Drained servers take no orphans; backups are left to the wrapped
+/// method, as round robin orders them.
 ///
 /// # Safety
 /// `pd` must be this request's PeerData and `pc` its peer connection.
-unsafe fn pick_consistent_peer(pc: &mut ngx_peer_connection_t, pd: &PeerData) -> bool {
-    // SAFETY: `conf` outlives the request.
-    let Some(routes) = (unsafe { request_routes(pd) }) else { return false };
-    // SAFETY: as above.
-    let jvm_route = unsafe { (*pd.conf).jvm_route.as_ref() };
-    if jvm_route.is_none_or(|j| j.failover != Failover::Consistent) {
-        return false;
-    }
+unsafe fn pick_consistent_peer(
+    pc: &mut ngx_peer_connection_t,
+    pd: &PeerData,
+    routes: &PeerRoutes,
+) -> Option<*mut ngx_http_upstream_rr_peer_t> {
     // SAFETY: every stock balancer's peer data begins with round robin's.
     let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
     let list = rrp.peers;
-    // SAFETY: `list` is null or the request's current peer list, locked before it is read.
-    if list.is_null() || list != routes.list || unsafe { (*list).single() } != 0 {
-        return false;
+    if list.is_null() || list != routes.list {
+        return None;
     }
-    // SAFETY: as above.
+    // SAFETY: `list` is the request's current peer list.
     let _lock = unsafe { PeersLock::write(list) };
     // SAFETY: the list is locked.
     if unsafe { peers::is_stale(rrp) } {
-        return false;
+        return None;
     }
     let now = ngx_time();
     let session = str_bytes(&pd.session);
     // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
-    let candidates = routes.primary.iter().enumerate().filter_map(|(index, &peer)| unsafe {
-        let p = &*peer;
-        (!peers::is_tried(rrp, index) && peers::is_usable(p, now))
+    let candidates = routes.primary.iter().enumerate().filter_map(|(index, info)| unsafe {
+        let p = &*info.peer;
+        (!peers::is_tried(rrp, index) && peers::is_usable(p, p.down != 0, now))
             .then(|| (index, str_bytes(&p.name), p.weight.max(1) as u64))
     });
-    let Some(index) = failover::pick(session, candidates) else { return false };
+    let index = failover::pick(session, candidates)?;
+    let peer = routes.primary[index].peer;
     // SAFETY: the list is write-locked and holds the peer at `index`.
-    unsafe { peers::take(pc, rrp, routes.primary[index], index, now) };
-    true
+    unsafe { peers::take(pc, rrp, peer, index, now) };
+    Some(peer)
 }
 
 /// Takes a usable peer of the request's route, as round robin would take it. A route that
@@ -376,85 +437,90 @@ unsafe fn pick_consistent_peer(pc: &mut ngx_peer_connection_t, pd: &PeerData) ->
 ///
 /// # Safety
 /// `pd` must be this request's PeerData and `pc` its peer connection.
-unsafe fn pick_sticky_peer(pc: &mut ngx_peer_connection_t, pd: &PeerData) -> bool {
-    // SAFETY: `conf` outlives the request.
-    let Some(routes) = (unsafe { request_routes(pd) }) else { return false };
-    let Some(route) = pd.route.and_then(|id| routes.table.route(id)) else { return false };
+unsafe fn pick_sticky_peer(
+    pc: &mut ngx_peer_connection_t,
+    pd: &PeerData,
+    routes: &PeerRoutes,
+    route: &Route,
+) -> Option<*mut ngx_http_upstream_rr_peer_t> {
     // SAFETY: every stock balancer's peer data begins with round robin's.
     let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
     let list = rrp.peers;
     if list.is_null() {
-        return false;
+        return None;
     }
     // SAFETY: `list` is the request's current peer list.
     let lock = unsafe { PeersLock::write(list) };
     // SAFETY: the list is locked.
     if unsafe { peers::is_stale(rrp) } {
-        return false;
+        return None;
     }
     let now = ngx_time();
+    let stats = pd.stats.as_ref();
+    // SAFETY: `list` is valid; `next` is null or the backup list.
+    let backup_list = unsafe { (*list).next };
 
-    let (candidates, ptrs) = if list == routes.list {
-        // SAFETY: the list is locked.
-        if unsafe { (*list).single() } != 0 {
-            // One server, no backup: round robin's answer is the same.
-            return false;
-        }
+    // SAFETY: `routes.list` is the upstream's valid primary list.
+    let (candidates, infos) = if list == routes.list {
         (&route.primary, &routes.primary)
     } else if list == unsafe { (*routes.list).next } {
         (&route.backup, &routes.backup)
     } else {
-        return false;
+        return None;
     };
 
-    // SAFETY (closure): `ptrs` holds this locked list's peers; `tried` has a bit for each.
-    let usable = |rrp: &ngx_http_upstream_rr_peer_data_t, index: u32| unsafe {
+    // A session may go to a draining server, not to a down, failed, full or tried one.
+    let for_session = |rrp: &ngx_http_upstream_rr_peer_data_t, infos: &[PeerInfo], index: u32| {
         let index = index as usize;
-        ptrs.get(index)
-            .is_some_and(|&peer| !peers::is_tried(rrp, index) && peers::is_usable(&*peer, now))
+        infos.get(index).is_some_and(|info| {
+            // SAFETY: `infos` holds the locked list's peers; `tried` has a bit for each.
+            unsafe {
+                !peers::is_tried(rrp, index)
+                    && peers::is_usable(&*info.peer, routes.is_down_for_sessions(info, stats), now)
+            }
+        })
     };
 
     let start = routes.cursor.get();
     routes.cursor.set(start.wrapping_add(1));
-    if let Some(index) = first_usable(candidates, start, |i| usable(rrp, i)) {
+    if let Some(index) = first_usable(candidates, start, |i| for_session(rrp, infos, i)) {
+        let peer = infos[index as usize].peer;
         // SAFETY: the list is write-locked and holds the peer at `index`.
-        unsafe { peers::take(pc, rrp, ptrs[index as usize], index as usize, now) };
-        return true;
+        unsafe { peers::take(pc, rrp, peer, index as usize, now) };
+        return Some(peer);
     }
 
-    if list != routes.list || route.backup.is_empty() {
-        return false;
+    if list != routes.list || route.backup.is_empty() || backup_list.is_null() {
+        return None;
     }
-    // The route names backup servers: they are honoured only when no primary is usable.
-    let any_primary = (0..routes.primary.len() as u32).any(|i| usable(rrp, i));
-    // SAFETY: the list is locked; `next` is the backup list.
-    let backup_list = unsafe { (*list).next };
-    if any_primary || backup_list.is_null() {
-        return false;
+    // The route names backup servers: they are honoured only when no primary is usable for
+    // any request (round robin would then go to the backups too).
+    let any_primary = routes.primary.iter().enumerate().any(|(index, info)| {
+        // SAFETY: as above.
+        unsafe {
+            let p = &*info.peer;
+            !peers::is_tried(rrp, index) && peers::is_usable(p, p.down != 0, now)
+        }
+    });
+    if any_primary {
+        return None;
     }
-    // SAFETY: `backup_list` is the primary list's `next`, and round robin sized `tried` for the
-    // larger of the two lists.
+    // SAFETY: `backup_list` is the primary list's `next`, and round robin sized `tried` for
+    // the larger of the two lists.
     unsafe { peers::switch_to_backup(rrp, backup_list) };
     drop(lock);
 
     // SAFETY: `backup_list` is valid for the cycle.
     let _backup_lock = unsafe { PeersLock::write(backup_list) };
-    let ptrs = &routes.backup;
-    // SAFETY (closure): as above, for the backup list.
-    let usable_backup = |index: u32| unsafe {
-        let index = index as usize;
-        ptrs.get(index)
-            .is_some_and(|&peer| !peers::is_tried(rrp, index) && peers::is_usable(&*peer, now))
-    };
-    if let Some(index) = first_usable(&route.backup, start, usable_backup) {
-        // SAFETY: the backup list is write-locked and holds the peer at `index`.
-        unsafe { peers::take(pc, rrp, ptrs[index as usize], index as usize, now) };
-        return true;
-    }
-    false
+    let index = first_usable(&route.backup, start, |i| for_session(rrp, &routes.backup, i))?;
+    let peer = routes.backup[index as usize].peer;
+    // SAFETY: the backup list is write-locked and holds the peer at `index`.
+    unsafe { peers::take(pc, rrp, peer, index as usize, now) };
+    Some(peer)
 }
 
-/// `free`: the wrapped method settles the attempt (failures, `conns`, references).
+/// `free`: counts a failed attempt, then the wrapped method settles it (failures, `conns`,
+/// references).
 unsafe extern "C" fn free_peer(
     pc: *mut ngx_peer_connection_t,
     data: *mut c_void,
@@ -462,6 +528,15 @@ unsafe extern "C" fn free_peer(
 ) {
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &*data.cast::<PeerData>() };
+    if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
+        // SAFETY: `conf` outlives the request; the wrapped data begins with round robin's.
+        let routes = unsafe { request_routes(pd) };
+        let current =
+            unsafe { (*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
+        if let (Some(stats), Some(slot)) = (&pd.stats, routes.and_then(|r| r.slot_of(current))) {
+            stats.count(slot, ServerCounter::Failures);
+        }
+    }
     if let Some(free) = pd.original_free {
         // SAFETY: the wrapped method's own callback and data.
         unsafe { free(pc, pd.original_data, state) };

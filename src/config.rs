@@ -10,6 +10,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_void};
 use std::ptr::{self, null_mut};
 
+use ngx::core::Pool;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
@@ -20,12 +21,16 @@ use ngx::ffi::{
     NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_CONF_TAKE4, NGX_CONF_TAKE5, NGX_CONF_TAKE6, NGX_CONF_TAKE7,
     NGX_HTTP_MODULE, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
-use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpUpstreamModule};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
+    NgxHttpCoreModule, NgxHttpUpstreamModule,
+};
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
-use crate::balancer::{self, PeerRoutes};
+use crate::balancer;
 use crate::failover::Failover;
 use crate::route::{validate_srun_id, RouteMode, SrunIdError};
+use crate::upstream::PeerRoutes;
 use crate::Module;
 
 /// Where a request's session id is read.
@@ -63,8 +68,60 @@ pub struct UpstreamConf {
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
     /// `keepalive`'s `init_upstream`, when `keepalive` wrapped this module.
     pub keepalive_init_upstream: ngx_http_upstream_init_pt,
-    /// The route table of the current peer list, built per worker on first use.
+    /// Servers marked `drain`, by index in `uscf->servers`.
+    pub drain: Vec<bool>,
+    /// This upstream's index among those with `jvm_route` (its statistics).
+    pub index: usize,
+    /// The first statistics slot of this upstream's peers.
+    pub slot_base: usize,
+    /// Slots of primary peers, then of backup peers, from `slot_base` on.
+    pub primary_slots: usize,
+    /// See `primary_slots`.
+    pub backup_slots: usize,
+    /// The worker's view of the current peer list, built on first use.
     pub routes: UnsafeCell<Option<PeerRoutes>>,
+}
+
+/// This module's configuration of the `http {}` block.
+#[derive(Default)]
+pub struct MainConf {
+    /// The shared memory zone of the counters and runtime marks (null without `jvm_route`).
+    pub zone: Option<std::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
+    /// The upstreams with `jvm_route`, in statistics order.
+    pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
+    status_names: Vec<(Box<[u8]>, String, usize)>,
+}
+
+impl MainConf {
+    /// The counters and runtime marks, once nginx initialised the zone.
+    pub fn stats(&self) -> Option<crate::stats::Stats> {
+        // SAFETY: the zone was declared by `add_zone`.
+        self.zone.and_then(|z| unsafe { crate::stats::from_zone(z.as_ptr()) })
+    }
+}
+
+/// `jvm_route_status` of one location.
+#[derive(Debug, Default, Clone)]
+pub struct StatusConf {
+    /// Only this upstream, or all with `jvm_route`.
+    pub upstream: Option<Box<[u8]>>,
+    /// Whether POST requests may drain, undrain, mark down and up.
+    pub control: bool,
+}
+
+/// This module's configuration of a location.
+#[derive(Debug, Default)]
+pub struct LocationConf {
+    /// The status page served here, if any.
+    pub status: Option<StatusConf>,
+}
+
+impl ngx::http::Merge for LocationConf {
+    fn merge(&mut self, _prev: &Self) -> Result<(), ngx::http::MergeConfigError> {
+        // A status page belongs to the location that names it, never to nested ones.
+        Ok(())
+    }
 }
 
 /// Why a directive is rejected. Messages read like nginx's own; nginx appends the file and line.
@@ -95,9 +152,15 @@ pub enum ConfError {
     DuplicateOption(String),
     /// A bad `failover=` value.
     #[error(
-        "invalid failover \"{0}\" in \"jvm_route\" directive: use \"balance\" or \"consistent\""
+        "invalid failover \"{0}\" in \"jvm_route\" directive: use \"balance\", \"consistent\" or \"off\""
     )]
     FailoverMode(String),
+    /// `jvm_route_status` twice in one location.
+    #[error("\"jvm_route_status\" directive is duplicate")]
+    StatusDuplicate,
+    /// A bad `jvm_route_status` argument.
+    #[error("invalid parameter \"{0}\" in \"jvm_route_status\" directive")]
+    StatusParameter(String),
     /// An option that `jvm_route` does not know.
     #[error("invalid parameter \"{0}\" in \"jvm_route\" directive")]
     UnknownOption(String),
@@ -165,6 +228,7 @@ pub unsafe extern "C" fn cmd_server(
     let mut native_route: Option<Box<[u8]>> = None;
     let mut has_max_conns = false;
     let mut has_max_busy = false;
+    let mut drain = false;
     let mut kept = 2;
 
     for i in 2..args.len() {
@@ -199,6 +263,12 @@ pub unsafe extern "C" fn cmd_server(
             }
             has_max_busy = true;
             kept += 1;
+            continue;
+        }
+        if value == b"drain" {
+            // Taken here on every nginx version (nginx >= 1.29.6 also has its own), so that
+            // drain behaves the same everywhere and can be undone at run time.
+            drain = true;
             continue;
         }
         if value.starts_with(b"max_conns=") {
@@ -241,6 +311,8 @@ pub unsafe extern "C" fn cmd_server(
     }
     ucf.srun_ids.resize(count, None);
     ucf.srun_ids[count - 1] = srun_id;
+    ucf.drain.resize(count, false);
+    ucf.drain[count - 1] = drain;
     ngx::core::NGX_CONF_OK
 }
 
@@ -279,7 +351,7 @@ pub unsafe extern "C" fn cmd_keepalive(
     ngx::core::NGX_CONF_OK
 }
 
-/// Handler of `jvm_route SOURCE[|URL_NAME] [reverse] [failover=balance|consistent];`.
+/// Handler of `jvm_route SOURCE[|URL_NAME] [reverse] [failover=balance|consistent|off];`.
 ///
 /// # Safety
 /// Called by nginx with a valid `cf` inside `upstream {}`; `conf` is this module's
@@ -311,6 +383,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
             (b"reverse", None) => mode = RouteMode::AfterFirstDot,
             (b"failover", Some(b"balance")) => failover = Failover::Balance,
             (b"failover", Some(b"consistent")) => failover = Failover::Consistent,
+            (b"failover", Some(b"off")) => failover = Failover::Off,
             (b"failover", Some(other)) => {
                 return conf_error(cf, ConfError::FailoverMode(lossy(other)));
             }
@@ -488,13 +561,81 @@ fn argument_count_fits(cmd_type: ngx_uint_t, nelts: ngx_uint_t) -> bool {
     }
 }
 
-/// Runs before the upstream module initialises the balancers (this module is loaded before
-/// it): wraps the balancer of every upstream that has `jvm_route`, whatever the directive
-/// order, and warns about srun_ids that nothing reads.
+/// Handler of `jvm_route_status [UPSTREAM] [control];` in a location.
 ///
 /// # Safety
-/// Called by nginx at the end of the `http {}` block with a valid `cf`.
-pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mut c_char {
+/// Called by nginx with a valid `cf` inside a location; `conf` is this module's
+/// `LocationConf` of it.
+pub unsafe extern "C" fn cmd_jvm_route_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (lcf, args) = unsafe { (&mut *conf.cast::<LocationConf>(), args(cf)) };
+    if lcf.status.is_some() {
+        return conf_error(cf, ConfError::StatusDuplicate);
+    }
+    let mut status = StatusConf::default();
+    for arg in &args[1..] {
+        match bytes(arg) {
+            b"control" if !status.control => status.control = true,
+            name if status.upstream.is_none()
+                && !name.is_empty()
+                && !name.contains(&b'$')
+                && name != b"control" =>
+            {
+                status.upstream = Some(name.into())
+            }
+            other => return conf_error(cf, ConfError::StatusParameter(lossy(other))),
+        }
+    }
+    if let Some(name) = &status.upstream {
+        // Upstreams may be defined further down; checked at the end of `http {}`.
+        // SAFETY: `cf` is valid; `conf_file` names the file being read.
+        let (file, line) = unsafe { conf_position(cf) };
+        if let Some(main) = Module::main_conf_mut(unsafe { &*cf }) {
+            main.status_names.push((name.clone(), file, line));
+        }
+    }
+    lcf.status = Some(status);
+
+    // SAFETY: `cf` is inside a location, whose core configuration takes the content handler.
+    match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
+        Some(clcf) => {
+            clcf.handler = Some(crate::status::handler);
+            ngx::core::NGX_CONF_OK
+        }
+        None => ngx::core::NGX_CONF_ERROR as *mut c_char,
+    }
+}
+
+/// The file and line being read.
+///
+/// # Safety
+/// `cf` must be valid and reading a file.
+unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
+    // SAFETY: per the function contract.
+    unsafe {
+        let file = (*cf).conf_file;
+        if file.is_null() {
+            return (String::new(), 0);
+        }
+        (lossy(bytes(&(*file).file.name)), (*file).line)
+    }
+}
+
+/// Runs before the upstream module initialises the balancers (this module is loaded before
+/// it): wraps the balancer of every upstream that has `jvm_route`, whatever the directive
+/// order; lays out the shared statistics; checks the upstream names of `jvm_route_status`;
+/// and warns about srun_ids that nothing reads.
+///
+/// # Safety
+/// Called by nginx at the end of the `http {}` block with a valid `cf`; `conf` is this
+/// module's `MainConf`.
+pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
     // SAFETY: `cf` is valid; the upstream module's main configuration exists in http{}.
     let Some(umcf) = (unsafe { NgxHttpUpstreamModule::main_conf(&*cf) }) else {
         return ngx::core::NGX_CONF_OK;
@@ -502,9 +643,13 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void)
     let umcf: &ngx_http_upstream_main_conf_t = umcf;
     // SAFETY: `upstreams` is an array of `ngx_http_upstream_srv_conf_t *`.
     let upstreams = unsafe { umcf.upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>() };
-    for &uscf in upstreams {
+
+    let mut slots = 0;
+    let mut drained = Vec::new();
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for &uscf_ptr in upstreams {
         // SAFETY: every element is a valid upstream configuration.
-        let uscf = unsafe { &mut *uscf };
+        let uscf = unsafe { &mut *uscf_ptr };
         let Some(ucf) = Module::server_conf_mut(uscf) else { continue };
         if ucf.jvm_route.is_none() {
             if ucf.srun_ids.iter().any(Option::is_some) {
@@ -520,6 +665,74 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void)
             ucf.original_init_upstream = uscf.peer.init_upstream;
             uscf.peer.init_upstream = ours;
         }
+
+        // Statistics slots: primary peers, then backup peers, as round robin lays them out.
+        ucf.index = main.upstreams.len();
+        ucf.slot_base = slots;
+        parts.push(bytes(&uscf.host).to_vec());
+        let list = servers(uscf);
+        for backup in [false, true] {
+            let mut count = 0;
+            for (i, server) in list.iter().enumerate() {
+                if (server.backup() != 0) != backup {
+                    continue;
+                }
+                if ucf.drain.get(i).copied().unwrap_or(false) {
+                    drained.extend(slots + count..slots + count + server.naddrs);
+                }
+                count += server.naddrs;
+                parts.push(bytes(&server.name).to_vec());
+                parts.push(format!("{}/{}", server.naddrs, backup).into_bytes());
+            }
+            if backup {
+                ucf.backup_slots = count;
+            } else {
+                ucf.primary_slots = count;
+            }
+            slots += count;
+        }
+        main.upstreams.push(uscf_ptr);
+    }
+
+    for (name, file, line) in &main.status_names {
+        let known = main.upstreams.iter().any(|&u| {
+            // SAFETY: the upstream configurations live as long as the configuration.
+            bytes(unsafe { &(*u).host }) == &name[..]
+        });
+        if !known {
+            // The directive's own file and line, not where the http block ends.
+            // SAFETY: `cf->log` is the configuration log.
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                unsafe { (*cf).log },
+                "no upstream \"{}\" with \"jvm_route\" for \"jvm_route_status\" in {}:{}",
+                lossy(name),
+                file,
+                line
+            );
+            return ngx::core::NGX_CONF_ERROR as *mut c_char;
+        }
+    }
+
+    if main.upstreams.is_empty() {
+        return ngx::core::NGX_CONF_OK;
+    }
+    let layout = crate::stats::Layout {
+        upstreams: main.upstreams.len(),
+        slots,
+        fingerprint: crate::stats::fingerprint(parts.iter().map(Vec::as_slice)),
+        drained,
+    };
+    // SAFETY: `cf->pool` is the configuration pool; the layout lives as long as the cycle.
+    let layout = unsafe { Pool::from_ngx_pool((*cf).pool) }.allocate(layout);
+    if layout.is_null() {
+        return conf_error(cf, ConfError::NoMemory);
+    }
+    let tag = std::ptr::addr_of!(crate::ngx_http_upstream_jvm_route_module).cast_mut().cast();
+    // SAFETY: `cf` is the configuration being read; the module's address is a stable tag.
+    match unsafe { crate::stats::add_zone(cf, layout, tag) } {
+        Some(zone) => main.zone = std::ptr::NonNull::new(zone),
+        None => return conf_error(cf, ConfError::NoMemory),
     }
     ngx::core::NGX_CONF_OK
 }

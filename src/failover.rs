@@ -14,6 +14,8 @@ pub enum Failover {
     Balance,
     /// The session id decides, by weighted rendezvous hashing over the usable primary servers.
     Consistent,
+    /// Forced stickiness: the request is refused with 503 rather than sent to another server.
+    Off,
 }
 
 /// The 64-bit FNV-1a hash of `parts`, each followed by a separator byte, finished with the

@@ -13,9 +13,10 @@ use std::ptr::{addr_of, addr_of_mut, null, null_mut};
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
-use ngx::http::{HttpModule, HttpModuleServerConf};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_string;
 
 pub mod balancer;
@@ -24,6 +25,10 @@ pub mod failover;
 pub mod peers;
 pub mod route;
 pub mod session;
+pub mod stats;
+pub mod status;
+pub mod upstream;
+pub mod variables;
 
 /// The module's name, as nginx knows it.
 pub const MODULE_NAME: &str = "ngx_http_upstream_jvm_route_module";
@@ -39,10 +44,20 @@ impl HttpModule for Module {
     }
 }
 
+// SAFETY: `create_main_conf` allocates `MainConf` in the http block.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = config::MainConf;
+}
+
 // SAFETY: `create_srv_conf` allocates `UpstreamConf` in every HTTP server and upstream block,
 // so the slot at this module's ctx_index always holds one.
 unsafe impl HttpModuleServerConf for Module {
     type ServerConf = config::UpstreamConf;
+}
+
+// SAFETY: `create_loc_conf` allocates `LocationConf` in every location.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = config::LocationConf;
 }
 
 /// A directive of the `upstream {}` block that takes one or more arguments.
@@ -60,24 +75,32 @@ const fn upstream_command(name: ngx_str_t, set: CommandHandler) -> ngx_command_t
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 4] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     // Takes `srun_id=` and `max_busy=` out of the stock `server` directive, then passes it on.
     upstream_command(ngx_string!("server"), config::cmd_server),
     upstream_command(ngx_string!("jvm_route"), config::cmd_jvm_route),
     // Places this balancer beneath `keepalive`, whatever the directive order; then passes on.
     upstream_command(ngx_string!("keepalive"), config::cmd_keepalive),
+    ngx_command_t {
+        name: ngx_string!("jvm_route_status"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE12) as ngx_uint_t,
+        set: Some(config::cmd_jvm_route_status),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
-    postconfiguration: None,
-    create_main_conf: None,
+    preconfiguration: Some(variables::add_variables),
+    postconfiguration: Some(variables::add_filters),
+    create_main_conf: Some(Module::create_main_conf),
     init_main_conf: Some(config::init_main_conf),
     create_srv_conf: Some(Module::create_srv_conf),
     merge_srv_conf: None,
-    create_loc_conf: None,
-    merge_loc_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
 };
 
 /// The module, as `load_module` finds it.

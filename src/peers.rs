@@ -25,9 +25,14 @@ extern "C" {
     ) -> ngx_uint_t;
 }
 
-/// `down` value of a draining server in nginx >= 1.29.6: only its sticky sessions reach it.
+/// The `down` value that makes the balancing methods skip a draining server. nginx >= 1.29.6
+/// has its own value for draining (`NGX_HTTP_UPSTREAM_DRAINING`), which its status and sticky
+/// code understand; before, any non-zero `down` does.
 #[cfg(nginx1_29_6)]
-const DRAINING: ngx_uint_t = 8;
+pub const DRAINING_DOWN: ngx_uint_t = 8;
+/// The `down` value that makes the balancing methods skip a draining server.
+#[cfg(not(nginx1_29_6))]
+pub const DRAINING_DOWN: ngx_uint_t = 1;
 
 const BITS: usize = usize::BITS as usize;
 
@@ -106,19 +111,26 @@ pub unsafe fn is_tried(rrp: &ngx_http_upstream_rr_peer_data_t, index: usize) -> 
     unsafe { *rrp.tried.add(index / BITS) & (1 << (index % BITS)) != 0 }
 }
 
-/// Round robin's test: the peer is up, not failed `max_fails` times within `fail_timeout`,
-/// and below `max_conns`. A draining peer (nginx >= 1.29.6) passes: its sessions still go there.
-pub fn is_usable(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
+/// Whether `down` keeps the peer from a session's requests: a draining peer (nginx >= 1.29.6's
+/// own value) still takes them.
+pub fn is_down(peer: &ngx_http_upstream_rr_peer_t) -> bool {
     #[cfg(nginx1_29_6)]
-    let down = peer.down & !DRAINING != 0;
+    return peer.down & !DRAINING_DOWN != 0;
     #[cfg(not(nginx1_29_6))]
-    let down = peer.down != 0;
+    return peer.down != 0;
+}
 
-    let failed = peer.max_fails != 0
-        && peer.fails >= peer.max_fails
-        && now - peer.checked <= peer.fail_timeout;
+/// Round robin's test, with `down` decided by the caller: not failed `max_fails` times within
+/// `fail_timeout`, and below `max_conns`.
+pub fn is_usable(peer: &ngx_http_upstream_rr_peer_t, down: bool, now: time_t) -> bool {
+    let failed = is_failed(peer, now);
     let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
     !down && !failed && !full
+}
+
+/// Whether round robin would consider the peer failed now (`max_fails` within `fail_timeout`).
+pub fn is_failed(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
+    peer.max_fails != 0 && peer.fails >= peer.max_fails && now - peer.checked <= peer.fail_timeout
 }
 
 /// Gives `peer` (at `index` of `rrp`'s current list) to the connection, exactly as round robin

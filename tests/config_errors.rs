@@ -154,13 +154,13 @@ fn jvm_route_options_once_each() {
 
 #[test]
 fn jvm_route_failover_values() {
-    for bad in ["failover=", "failover=hash", "failover=CONSISTENT"] {
+    for bad in ["failover=", "failover=hash", "failover=CONSISTENT", "failover=none"] {
         let value = bad.trim_start_matches("failover=");
         assert_rejected(
             &tomcats_with(&format!("jvm_route $cookie_JSESSIONID reverse {bad};")),
             "    jvm_route",
             &format!(
-                "invalid failover \"{value}\" in \"jvm_route\" directive: use \"balance\" or \"consistent\""
+                "invalid failover \"{value}\" in \"jvm_route\" directive: use \"balance\", \"consistent\" or \"off\""
             ),
         );
     }

@@ -1,0 +1,180 @@
+//! `$jvm_route_route` and `$jvm_route_status` for `log_format`, and the filter that answers
+//! 503 for a request refused by `failover=off`.
+//!
+//! nginx answers a balancer that has no peer to offer ("no live upstreams") with its own 502
+//! page; the upstream module has no way to choose another status. For a request this module
+//! refused, the header filter turns that 502 into a 503 and the body filter sends the 503 page
+//! in place of the 502 one. Every other response passes untouched.
+
+use std::ptr::{addr_of_mut, null_mut};
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_buf_t, ngx_chain_t, ngx_conf_t, ngx_http_add_variable, ngx_http_output_body_filter_pt,
+    ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_body_filter,
+    ngx_http_top_header_filter, ngx_http_variable_value_t, ngx_int_t, ngx_pcalloc, ngx_str_t,
+    ngx_uint_t, NGX_HTTP_VAR_NOCACHEABLE,
+};
+use ngx::http::HttpModule;
+
+use crate::balancer::RequestCtx;
+use crate::Module;
+
+const PAGE_503: &[u8] =
+    b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n\
+<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n\
+<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+
+/// The request's context, if this module balanced it.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
+    // SAFETY: per the function contract; the slot holds null or the RequestCtx set in
+    // `init_peer`, in the request pool.
+    unsafe { (*(*r).ctx.add(Module::module().ctx_index)).cast::<RequestCtx>().as_mut() }
+}
+
+/// `preconfiguration`: registers the variables.
+///
+/// # Safety
+/// Called by nginx with a valid `cf`.
+pub unsafe extern "C" fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
+    type Getter = unsafe extern "C" fn(
+        *mut ngx_http_request_t,
+        *mut ngx_http_variable_value_t,
+        usize,
+    ) -> ngx_int_t;
+    let variables: [(&'static [u8], Getter); 2] =
+        [(b"jvm_route_route", route_variable), (b"jvm_route_status", status_variable)];
+    for (name, getter) in variables {
+        let mut name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
+        // SAFETY: `cf` is valid; nginx copies nothing but keeps the name, which is static.
+        let var =
+            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
+        if var.is_null() {
+            return Status::NGX_ERROR.0;
+        }
+        // SAFETY: `var` was just added for this module.
+        unsafe { (*var).get_handler = Some(getter) };
+    }
+    Status::NGX_OK.0
+}
+
+fn set_value(v: &mut ngx_http_variable_value_t, value: &[u8]) {
+    v.data = value.as_ptr().cast_mut();
+    v.set_len(value.len() as u32);
+    v.set_valid(1);
+    v.set_no_cacheable(1);
+    v.set_not_found(0);
+}
+
+unsafe extern "C" fn route_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and a value to fill; the context lives in the
+    // request pool, so the value's bytes outlive its use.
+    unsafe {
+        match request_ctx(r) {
+            Some(ctx) => set_value(&mut *v, ctx.route()),
+            None => (*v).set_not_found(1),
+        }
+    }
+    Status::NGX_OK.0
+}
+
+unsafe extern "C" fn status_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and a value to fill; the values are static.
+    unsafe {
+        match request_ctx(r) {
+            Some(ctx) => set_value(&mut *v, ctx.outcome.as_str().as_bytes()),
+            None => (*v).set_not_found(1),
+        }
+    }
+    Status::NGX_OK.0
+}
+
+/// `postconfiguration`: installs the header and body filters.
+///
+/// # Safety
+/// Called by nginx once per configuration, single-threaded.
+pub unsafe extern "C" fn add_filters(_cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx builds the filter chains at this point, one module after another.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(header_filter);
+        NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(body_filter);
+    }
+    Status::NGX_OK.0
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request; the next filter was saved at configuration.
+    unsafe {
+        if let Some(ctx) = request_ctx(r) {
+            if ctx.refused && (*r).headers_out.status == 502 {
+                let out = &mut (*r).headers_out;
+                out.status = 503;
+                out.status_line = ngx_str_t { len: 0, data: null_mut() };
+                out.content_length_n = PAGE_503.len() as _;
+                out.content_length = null_mut();
+            } else {
+                ctx.refused = false;
+            }
+        }
+        match *addr_of_mut!(NEXT_HEADER_FILTER) {
+            Some(next) => next(r),
+            None => Status::NGX_ERROR.0,
+        }
+    }
+}
+
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and its output chain; the replacement buffer and
+    // chain link live in the request pool; the next filter was saved at configuration.
+    unsafe {
+        let next = match *addr_of_mut!(NEXT_BODY_FILTER) {
+            Some(next) => next,
+            None => return Status::NGX_ERROR.0,
+        };
+        let Some(ctx) = request_ctx(r) else { return next(r, chain) };
+        if !ctx.refused {
+            return next(r, chain);
+        }
+        if ctx.page_sent {
+            // The rest of nginx's 502 page: already replaced.
+            return next(r, null_mut());
+        }
+        ctx.page_sent = true;
+        let pool = (*r).pool;
+        let buf = ngx_pcalloc(pool, size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
+        let link = ngx_pcalloc(pool, size_of::<ngx_chain_t>()).cast::<ngx_chain_t>();
+        if buf.is_null() || link.is_null() {
+            return Status::NGX_ERROR.0;
+        }
+        let start = PAGE_503.as_ptr().cast_mut();
+        (*buf).start = start;
+        (*buf).pos = start;
+        (*buf).last = start.add(PAGE_503.len());
+        (*buf).end = (*buf).last;
+        (*buf).set_memory(1);
+        if (*r).main == r {
+            (*buf).set_last_buf(1);
+        } else {
+            (*buf).set_last_in_chain(1);
+        }
+        (*link).buf = buf;
+        (*link).next = null_mut();
+        next(r, link)
+    }
+}
