@@ -94,7 +94,7 @@ static mut COMMANDS: [ngx_command_t; 5] = [
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::add_variables),
-    postconfiguration: Some(variables::add_filters),
+    postconfiguration: None,
     create_main_conf: Some(Module::create_main_conf),
     init_main_conf: Some(config::init_main_conf),
     create_srv_conf: Some(Module::create_srv_conf),
@@ -113,21 +113,50 @@ pub static mut ngx_http_upstream_jvm_route_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+static FILTER_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(variables::add_filters),
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: None,
+    merge_loc_conf: None,
+};
+
+/// The response filter (503 for requests refused by `failover=off`). A module of its own
+/// because filters must be installed after nginx's header and body filter modules have set up
+/// the chains: this one is not in `ngx_module_order`, so nginx loads it last.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_upstream_jvm_route_filter_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(FILTER_MODULE_CTX) as *mut _,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
 /// The modules in this shared object, as `ngx_load_module` reads them.
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mut ngx_modules: [*const ngx_module_t; 2] =
-    [addr_of!(ngx_http_upstream_jvm_route_module), null()];
+pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+    addr_of!(ngx_http_upstream_jvm_route_module),
+    addr_of!(ngx_http_upstream_jvm_route_filter_module),
+    null(),
+];
 
 /// The names of the modules in this shared object.
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mut ngx_module_names: [*const c_char; 2] =
-    [c"ngx_http_upstream_jvm_route_module".as_ptr(), null()];
+pub static mut ngx_module_names: [*const c_char; 3] = [
+    c"ngx_http_upstream_jvm_route_module".as_ptr(),
+    c"ngx_http_upstream_jvm_route_filter_module".as_ptr(),
+    null(),
+];
 
-/// Load order: this module goes before `ngx_http_upstream_module`, so that nginx offers it the
-/// upstream `server` and `keepalive` directives first and runs its `init_main_conf` before the
-/// upstream module initialises the balancers.
+/// Load order: the main module goes before `ngx_http_upstream_module`, so that nginx offers it
+/// the upstream `server` and `keepalive` directives first and runs its `init_main_conf` before
+/// the upstream module initialises the balancers. The filter module is not listed: it goes
+/// last.
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_module_order: [*const c_char; 3] =

@@ -123,6 +123,8 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     unsafe {
         if let Some(ctx) = request_ctx(r) {
             if ctx.refused && (*r).headers_out.status == 502 {
+                // `$status` in the access log reads `err_status`, which nginx set to 502.
+                (*r).err_status = 503;
                 let out = &mut (*r).headers_out;
                 out.status = 503;
                 out.status_line = ngx_str_t { len: 0, data: null_mut() };
