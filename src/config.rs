@@ -346,6 +346,14 @@ pub unsafe extern "C" fn cmd_keepalive(
         uscf.peer.init_upstream = below;
         return rv;
     }
+    let ours = Some(balancer::init_upstream as unsafe extern "C" fn(_, _) -> ngx_int_t);
+    if uscf.peer.init_upstream.map(|f| f as usize) == ours.map(|f| f as usize) {
+        // This keepalive does not wrap init_upstream (nginx >= 1.29.x wraps every upstream's
+        // per-request init at the end of http{} instead, which is above this module anyway):
+        // leave the directive as it was.
+        uscf.peer.init_upstream = below;
+        return ngx::core::NGX_CONF_OK;
+    }
     ucf.original_init_upstream = below;
     ucf.keepalive_init_upstream = uscf.peer.init_upstream;
     ngx::core::NGX_CONF_OK
