@@ -130,6 +130,7 @@ pid logs/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    large_client_header_buffers 8 64k;
     server {{
         listen 127.0.0.1:{port} reuseport;
         location /slow {{
