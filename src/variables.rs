@@ -38,67 +38,54 @@ unsafe fn request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestC
     unsafe { (*(*r).ctx.add(Module::module().ctx_index)).cast::<RequestCtx>().as_mut() }
 }
 
+/// Which variable a getter call is for (the variable's `data`).
+const ROUTE: usize = 0;
+const STATUS: usize = 1;
+
 /// `preconfiguration`: registers the variables.
 ///
 /// # Safety
 /// Called by nginx with a valid `cf`.
 pub unsafe extern "C" fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
-    type Getter = unsafe extern "C" fn(
-        *mut ngx_http_request_t,
-        *mut ngx_http_variable_value_t,
-        usize,
-    ) -> ngx_int_t;
-    let variables: [(&'static [u8], Getter); 2] =
-        [(b"jvm_route_route", route_variable), (b"jvm_route_status", status_variable)];
-    for (name, getter) in variables {
+    let variables: [(&'static [u8], usize); 2] =
+        [(b"jvm_route_route", ROUTE), (b"jvm_route_status", STATUS)];
+    for (name, which) in variables {
         let mut name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
-        // SAFETY: `cf` is valid; nginx copies nothing but keeps the name, which is static.
+        // SAFETY: `cf` is valid; nginx keeps the name, which is static.
         let var =
             unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
         if var.is_null() {
             return Status::NGX_ERROR.0;
         }
         // SAFETY: `var` was just added for this module.
-        unsafe { (*var).get_handler = Some(getter) };
+        unsafe {
+            (*var).get_handler = Some(get_variable);
+            (*var).data = which;
+        }
     }
     Status::NGX_OK.0
 }
 
-fn set_value(v: &mut ngx_http_variable_value_t, value: &[u8]) {
-    v.data = value.as_ptr().cast_mut();
-    v.set_len(value.len() as u32);
-    v.set_valid(1);
-    v.set_no_cacheable(1);
-    v.set_not_found(0);
-}
-
-unsafe extern "C" fn route_variable(
+/// The getter of both variables: the route read from the session id, or the outcome.
+unsafe extern "C" fn get_variable(
     r: *mut ngx_http_request_t,
     v: *mut ngx_http_variable_value_t,
-    _data: usize,
+    which: usize,
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and a value to fill; the context lives in the
-    // request pool, so the value's bytes outlive its use.
+    // request pool and the outcome names are static, so the bytes outlive the value's use.
     unsafe {
-        match request_ctx(r) {
-            Some(ctx) => set_value(&mut *v, ctx.route()),
-            None => (*v).set_not_found(1),
-        }
-    }
-    Status::NGX_OK.0
-}
-
-unsafe extern "C" fn status_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_http_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and a value to fill; the values are static.
-    unsafe {
-        match request_ctx(r) {
-            Some(ctx) => set_value(&mut *v, ctx.outcome.as_str().as_bytes()),
-            None => (*v).set_not_found(1),
-        }
+        let v = &mut *v;
+        let Some(ctx) = request_ctx(r) else {
+            v.set_not_found(1);
+            return Status::NGX_OK.0;
+        };
+        let value = if which == ROUTE { ctx.route() } else { ctx.outcome.as_str().as_bytes() };
+        v.data = value.as_ptr().cast_mut();
+        v.set_len(value.len() as u32);
+        v.set_valid(1);
+        v.set_no_cacheable(1);
+        v.set_not_found(0);
     }
     Status::NGX_OK.0
 }
