@@ -105,12 +105,15 @@ fn bench_lookup(c: &mut Criterion) {
     for n in [2usize, 1024] {
         let ids = srun_ids(n);
         let middle = &ids[(n / 2).max(1) - 1];
-        for (mode_name, mode) in [("reverse", RouteMode::AfterFirstDot), ("prefix", RouteMode::Prefix)]
+        for (mode_name, mode) in
+            [("reverse", RouteMode::AfterFirstDot), ("prefix", RouteMode::Prefix)]
         {
             let t = table(mode, &ids);
             let (hit, miss) = match mode {
+                // A miss of the same length as the srun_ids, so that the hash table is probed
+                // (a longer route is rejected before).
                 RouteMode::AfterFirstDot => {
-                    (format!("{SESSION_HEX}.{middle}"), format!("{SESSION_HEX}.nosuch"))
+                    (format!("{SESSION_HEX}.{middle}"), format!("{SESSION_HEX}.z0000"))
                 }
                 // Resin: the srun_id is the prefix of the session id.
                 RouteMode::Prefix => (format!("{middle}{SESSION_HEX}"), format!("x{SESSION_HEX}")),
