@@ -15,7 +15,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pcalloc,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_palloc,
     ngx_peer_connection_t, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, Request};
@@ -25,8 +25,7 @@ use crate::config::{str_bytes, JvmRoute, SessionSource, UpstreamConf};
 use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
 use crate::route::{
-    choose_route, first_usable, Route, RouteId, RouteMode, RouteTable, SessionRoute,
-    MAX_SRUN_ID_LEN,
+    first_usable, Route, RouteId, RouteMode, RouteTable, SessionRoute, MAX_SRUN_ID_LEN,
 };
 use crate::session::{cookie_values, path_parameter, query_parameter};
 use crate::stats::{ServerCounter, Stats, UpstreamCounter};
@@ -90,6 +89,13 @@ impl RequestCtx {
         self.route[..n].copy_from_slice(&route[..n]);
         self.route_len = n as u8;
     }
+}
+
+/// Everything a request needs, in one pool allocation.
+#[repr(C)]
+struct RequestState {
+    peer: PeerData,
+    ctx: RequestCtx,
 }
 
 /// Per-request balancer state: the wrapped method's callbacks and data, and the session.
@@ -190,14 +196,21 @@ unsafe extern "C" fn init_peer(
     };
 
     // SAFETY: `r->upstream` is set while its balancer is initialised; the context and the peer
-    // data live in the request pool as long as the request.
+    // data live in the request pool as long as the request, and are written before use.
     unsafe {
-        let ctx = ngx_pcalloc((*r).pool, size_of::<RequestCtx>()).cast::<RequestCtx>();
-        let pd = ngx_pcalloc((*r).pool, size_of::<PeerData>()).cast::<PeerData>();
-        if ctx.is_null() || pd.is_null() {
+        let state = ngx_palloc((*r).pool, size_of::<RequestState>()).cast::<RequestState>();
+        if state.is_null() {
             return Status::NGX_ERROR.0;
         }
-        (*ctx).outcome = outcome;
+        let ctx = &raw mut (*state).ctx;
+        let pd = &raw mut (*state).peer;
+        ctx.write(RequestCtx {
+            outcome,
+            refused: false,
+            page_sent: false,
+            route_len: 0,
+            route: [0; MAX_SRUN_ID_LEN],
+        });
         match route.and_then(|id| routes.table.route(id)) {
             Some(known) => (*ctx).set_route(&known.srun_id),
             None if jvm_route.mode == RouteMode::AfterFirstDot => {
@@ -272,23 +285,41 @@ unsafe fn find_session<'r>(
         }
     };
 
+    // Candidates in priority order; the first that names a known route wins, and the URL is
+    // searched only when no cookie did. Plain loops: this runs for every request.
+    let mut first: Option<&'r [u8]> = None;
+    let mut consider = |id: &'r [u8]| -> Option<SessionRoute<'r>> {
+        first.get_or_insert(id);
+        table.lookup(id).map(|route| SessionRoute::Known(route, id))
+    };
     // SAFETY: the header lines, the complex value (request pool), the raw URI and the
     // arguments all live in the request's memory for as long as the request.
-    let (lines, value, uri, args) = unsafe {
-        (
-            lines.map(|line| request_bytes::<'r>(line)),
-            request_bytes::<'r>(value),
-            request_bytes::<'r>((*r).unparsed_uri),
-            request_bytes::<'r>((*r).args),
-        )
-    };
-    let cookies = lines[..line_count].iter().flat_map(|line| cookie_values(line, cookie_name));
-    let source_value = Some(value).filter(|v| !v.is_empty());
-    let url_name = jvm_route.url_name.as_deref();
-    let from_path = url_name.and_then(|name| path_parameter(uri, name));
-    let from_query = url_name.and_then(|name| query_parameter(args, name));
-
-    choose_route(table, cookies.chain(source_value).chain(from_path).chain(from_query))
+    unsafe {
+        for line in &lines[..line_count] {
+            for id in cookie_values(request_bytes::<'r>(*line), cookie_name) {
+                if let Some(known) = consider(id) {
+                    return known;
+                }
+            }
+        }
+        let value = request_bytes::<'r>(value);
+        if !value.is_empty() {
+            if let Some(known) = consider(value) {
+                return known;
+            }
+        }
+        if let Some(name) = jvm_route.url_name.as_deref() {
+            let from_path = path_parameter(request_bytes::<'r>((*r).unparsed_uri), name);
+            if let Some(known) = from_path.and_then(&mut consider) {
+                return known;
+            }
+            let from_query = query_parameter(request_bytes::<'r>((*r).args), name);
+            if let Some(known) = from_query.and_then(&mut consider) {
+                return known;
+            }
+        }
+    }
+    first.map_or(SessionRoute::NoSession, SessionRoute::Unknown)
 }
 
 /// The bytes of an `ngx_str_t` that points into a request's memory, for that request's life.

@@ -10,16 +10,30 @@ const URL_VALUE_END: &[u8] = b";?&/#";
 /// spaces and tabs, and one pair of surrounding double quotes is removed (RFC 6265 allows a
 /// quoted cookie value; the original module never matched one). Empty values are skipped.
 pub fn cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    header.split(|&b| b == b';').filter_map(move |pair| {
-        let pair = trim(pair);
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (key, value) = (trim(&pair[..eq]), &pair[eq + 1..]);
-        if !key.eq_ignore_ascii_case(name) {
-            return None;
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        while let Some(current) = rest {
+            let (pair, next) = match memchr::memchr(b';', current) {
+                Some(semi) => (&current[..semi], Some(&current[semi + 1..])),
+                None => (current, None),
+            };
+            rest = next;
+            if let Some(value) = cookie_value(pair, name) {
+                return Some(value);
+            }
         }
-        let value = unquote(trim(value));
-        (!value.is_empty()).then_some(value)
+        None
     })
+}
+
+/// The value of one `name=value` pair of a Cookie header, if it has the wanted name.
+fn cookie_value<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let eq = memchr::memchr(b'=', pair)?;
+    if !trim(&pair[..eq]).eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let value = unquote(trim(&pair[eq + 1..]));
+    (!value.is_empty()).then_some(value)
 }
 
 /// The value of the path parameter `;name=value` in the path part of a raw request URI.
@@ -28,10 +42,11 @@ pub fn cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item
 /// case-insensitively; the value ends at `;`, `?`, `&`, `/`, `#` or the end. The first
 /// non-empty value wins.
 pub fn path_parameter<'a>(uri: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let path_end = uri.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(uri.len());
+    let path_end = memchr::memchr2(b'?', b'#', uri).unwrap_or(uri.len());
     let path = &uri[..path_end];
     // Every parameter starts after a ';'; the first piece is the plain path.
-    path.split(|&b| b == b';').skip(1).find_map(|param| parameter_value(param, name))
+    let first = memchr::memchr(b';', path)?;
+    path[first + 1..].split(|&b| b == b';').find_map(|param| parameter_value(param, name))
 }
 
 /// The value of `name=value` in a query string (the part after `?`, without it).
@@ -39,7 +54,7 @@ pub fn path_parameter<'a>(uri: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// Parameters are separated by `&`; the name compares case-insensitively; the value ends at
 /// `;`, `?`, `&`, `/`, `#` or the end. The first non-empty value wins.
 pub fn query_parameter<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let args_end = args.iter().position(|&b| b == b'#').unwrap_or(args.len());
+    let args_end = memchr::memchr(b'#', args).unwrap_or(args.len());
     args[..args_end].split(|&b| b == b'&').find_map(|param| parameter_value(param, name))
 }
 

@@ -8,7 +8,6 @@
 //! place (added at run time by the resolver) is matched by its server name and has no slot.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
@@ -17,7 +16,7 @@ use ngx::ffi::{
 
 use crate::config::{servers, str_bytes, UpstreamConf};
 use crate::peers::{self, PeersLock};
-use crate::route::{PeerList, RouteTable};
+use crate::route::{FastMap, PeerList, RouteTable};
 use crate::stats::{Stats, STATE_DOWN, STATE_DRAIN};
 
 /// One peer as this module sees it.
@@ -47,7 +46,7 @@ pub struct PeerRoutes {
     /// Backup peers, in list order.
     pub backup: Vec<PeerInfo>,
     /// Peer address -> statistics slot.
-    slot_of: HashMap<usize, usize>,
+    slot_of: FastMap<usize, usize>,
     /// Where the next pick among peers sharing a route starts.
     pub cursor: Cell<usize>,
     /// The runtime-marks generation last applied to the peers.
@@ -161,7 +160,7 @@ unsafe fn build(
     let _lock = unsafe { PeersLock::read(list) };
     let servers = servers(us);
     let mut entries: Vec<(Box<[u8]>, PeerList, u32)> = Vec::new();
-    let mut slot_of = HashMap::new();
+    let mut slot_of = FastMap::default();
 
     let mut collect = |peers: *mut ngx_http_upstream_rr_peers_t, kind: PeerList| {
         let backup = kind == PeerList::Backup;
