@@ -196,6 +196,11 @@ pub fn first_usable(
     mut usable: impl FnMut(u32) -> bool,
 ) -> Option<u32> {
     let n = candidates.len();
+    if n == 0 {
+        return None;
+    }
+    // `start` is a free-running counter: reduce it first so that `+ k` cannot overflow.
+    let start = start % n;
     (0..n).map(|k| candidates[(start + k) % n]).find(|&c| usable(c))
 }
 
@@ -313,6 +318,8 @@ mod tests {
         assert_eq!(first_usable(&[4, 5, 6], 7, |c| c == 4), Some(4));
         assert_eq!(first_usable(&[4, 5, 6], 0, |_| false), None);
         assert_eq!(first_usable(&[], 0, |_| true), None);
+        assert_eq!(first_usable(&[4, 5, 6], usize::MAX, |_| true), Some(4));
+        assert_eq!(first_usable(&[4, 5, 6], usize::MAX - 1, |c| c != 6), Some(4));
     }
 
     #[test]
