@@ -25,7 +25,8 @@ use crate::config::{str_bytes, JvmRoute, SessionSource, UpstreamConf};
 use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
 use crate::route::{
-    first_usable, Route, RouteId, RouteMode, RouteTable, SessionRoute, MAX_SRUN_ID_LEN,
+    first_usable, Route, RouteChooser, RouteId, RouteMode, RouteTable, SessionRoute,
+    MAX_SRUN_ID_LEN,
 };
 use crate::session::{cookie_values, path_parameter, query_parameter};
 use crate::stats::{ServerCounter, Stats, UpstreamCounter};
@@ -285,41 +286,36 @@ unsafe fn find_session<'r>(
         }
     };
 
-    // Candidates in priority order; the first that names a known route wins, and the URL is
-    // searched only when no cookie did. Plain loops: this runs for every request.
-    let mut first: Option<&'r [u8]> = None;
-    let mut consider = |id: &'r [u8]| -> Option<SessionRoute<'r>> {
-        first.get_or_insert(id);
-        table.lookup(id).map(|route| SessionRoute::Known(route, id))
-    };
+    // Candidates in priority order; the URL is searched only when no cookie named a route.
+    let mut chooser = RouteChooser::new(table);
     // SAFETY: the header lines, the complex value (request pool), the raw URI and the
     // arguments all live in the request's memory for as long as the request.
     unsafe {
         for line in &lines[..line_count] {
             for id in cookie_values(request_bytes::<'r>(*line), cookie_name) {
-                if let Some(known) = consider(id) {
+                if let Some(known) = chooser.offer(id) {
                     return known;
                 }
             }
         }
         let value = request_bytes::<'r>(value);
         if !value.is_empty() {
-            if let Some(known) = consider(value) {
+            if let Some(known) = chooser.offer(value) {
                 return known;
             }
         }
         if let Some(name) = jvm_route.url_name.as_deref() {
             let from_path = path_parameter(request_bytes::<'r>((*r).unparsed_uri), name);
-            if let Some(known) = from_path.and_then(&mut consider) {
+            if let Some(known) = from_path.and_then(|id| chooser.offer(id)) {
                 return known;
             }
             let from_query = query_parameter(request_bytes::<'r>((*r).args), name);
-            if let Some(known) = from_query.and_then(&mut consider) {
+            if let Some(known) = from_query.and_then(|id| chooser.offer(id)) {
                 return known;
             }
         }
     }
-    first.map_or(SessionRoute::NoSession, SessionRoute::Unknown)
+    chooser.finish()
 }
 
 /// The bytes of an `ngx_str_t` that points into a request's memory, for that request's life.

@@ -172,20 +172,45 @@ pub enum SessionRoute<'a> {
     Known(RouteId, &'a [u8]),
 }
 
+/// Offers a request's session ids one at a time, in priority order: the first one that names a
+/// known route wins. The request path offers them from plain loops (no iterator chains, and the
+/// URL is searched only if no cookie won); [`choose_route`] offers them from an iterator.
+pub struct RouteChooser<'t, 'a> {
+    table: &'t RouteTable,
+    first: Option<&'a [u8]>,
+}
+
+impl<'t, 'a> RouteChooser<'t, 'a> {
+    /// A chooser over `table`.
+    pub fn new(table: &'t RouteTable) -> Self {
+        RouteChooser { table, first: None }
+    }
+
+    /// Offers the next session id: the decision, if it names a known route.
+    pub fn offer(&mut self, id: &'a [u8]) -> Option<SessionRoute<'a>> {
+        self.first.get_or_insert(id);
+        self.table.lookup(id).map(|route| SessionRoute::Known(route, id))
+    }
+
+    /// The decision when no session id offered named a known route.
+    pub fn finish(self) -> SessionRoute<'a> {
+        self.first.map_or(SessionRoute::NoSession, SessionRoute::Unknown)
+    }
+}
+
 /// Chooses the route of a request from its candidate session ids, in priority order: the
 /// first one that names a known route wins.
 pub fn choose_route<'a>(
     table: &RouteTable,
     session_ids: impl IntoIterator<Item = &'a [u8]>,
 ) -> SessionRoute<'a> {
-    let mut first = None;
+    let mut chooser = RouteChooser::new(table);
     for id in session_ids {
-        if let Some(route) = table.lookup(id) {
-            return SessionRoute::Known(route, id);
+        if let Some(known) = chooser.offer(id) {
+            return known;
         }
-        first.get_or_insert(id);
     }
-    first.map_or(SessionRoute::NoSession, SessionRoute::Unknown)
+    chooser.finish()
 }
 
 /// The first candidate, starting at `start` and wrapping around, that `usable` accepts.
