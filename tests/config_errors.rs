@@ -390,7 +390,9 @@ fn srun_id_twice_on_one_line() {
 
 #[test]
 fn max_busy_not_a_number() {
-    for value in ["abc", "", "-1", "+5", "1k", "10 "] {
+    // The last one is too large for nginx: the error must still name max_busy, which the user
+    // wrote, not the max_conns it becomes.
+    for value in ["abc", "", "-1", "+5", "1k", "10 ", "99999999999999999999999"] {
         let arg = if value.contains(' ') {
             format!("\"max_busy={value}\"")
         } else {
@@ -402,16 +404,6 @@ fn max_busy_not_a_number() {
             &format!("invalid max_busy \"{value}\" in \"server\" directive"),
         );
     }
-}
-
-#[test]
-fn max_busy_too_large() {
-    let big = "99999999999999999999999";
-    assert_rejected(
-        &with_server(&format!("server 127.0.0.1:8082 srun_id=tomcat02 max_busy={big};")),
-        "127.0.0.1:8082",
-        &format!("invalid max_busy \"{big}\" in \"server\" directive"),
-    );
 }
 
 #[test]
