@@ -28,6 +28,7 @@ RUN curl -fsSL "https://nginx.org/download/nginx-${NGINX_VERSION}.tar.gz" | tar 
 WORKDIR /build
 COPY Cargo.toml Cargo.lock build.rs rustfmt.toml ./
 COPY src src
+COPY benches benches
 COPY scripts scripts
 RUN scripts/build-for-nginx "/usr/src/nginx-${NGINX_VERSION}" /usr/local/bin/nginx-runtime \
     && cp "target/nginx-${NGINX_VERSION}/release/libngx_http_upstream_jvm_route_module.so" \
