@@ -300,6 +300,7 @@ pub unsafe extern "C" fn cmd_server(
         return rv;
     }
 
+    // SAFETY: `cf` is the live configuration nginx passed to this handler.
     let Some(uscf) = NgxHttpUpstreamModule::server_conf(unsafe { &*cf }) else {
         return ngx::core::NGX_CONF_ERROR as *mut c_char;
     };
