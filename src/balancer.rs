@@ -21,11 +21,11 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
 
-use crate::config::{str_bytes, JvmRoute, SessionSource, UpstreamConf};
+use crate::config::{str_bytes, str_bytes_for, JvmRoute, SessionSource, UpstreamConf};
 use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
 use crate::route::{
-    first_usable, Route, RouteChooser, RouteId, RouteMode, RouteTable, SessionRoute,
+    first_usable, reverse_route, Route, RouteChooser, RouteId, RouteMode, RouteTable, SessionRoute,
     MAX_SRUN_ID_LEN,
 };
 use crate::session::{cookie_values, path_parameter, query_parameter};
@@ -215,8 +215,8 @@ unsafe extern "C" fn init_peer(
         match route.and_then(|id| routes.table.route(id)) {
             Some(known) => (*ctx).set_route(&known.srun_id),
             None if jvm_route.mode == RouteMode::AfterFirstDot => {
-                if let Some(dot) = id.iter().position(|&b| b == b'.') {
-                    (*ctx).set_route(&id[dot + 1..]);
+                if let Some(unknown) = reverse_route(id) {
+                    (*ctx).set_route(unknown);
                 }
             }
             None => {}
@@ -292,42 +292,30 @@ unsafe fn find_session<'r>(
     // arguments all live in the request's memory for as long as the request.
     unsafe {
         for line in &lines[..line_count] {
-            for id in cookie_values(request_bytes::<'r>(*line), cookie_name) {
+            for id in cookie_values(str_bytes_for::<'r>(*line), cookie_name) {
                 if let Some(known) = chooser.offer(id) {
                     return known;
                 }
             }
         }
-        let value = request_bytes::<'r>(value);
+        let value = str_bytes_for::<'r>(value);
         if !value.is_empty() {
             if let Some(known) = chooser.offer(value) {
                 return known;
             }
         }
         if let Some(name) = jvm_route.url_name.as_deref() {
-            let from_path = path_parameter(request_bytes::<'r>((*r).unparsed_uri), name);
+            let from_path = path_parameter(str_bytes_for::<'r>((*r).unparsed_uri), name);
             if let Some(known) = from_path.and_then(|id| chooser.offer(id)) {
                 return known;
             }
-            let from_query = query_parameter(request_bytes::<'r>((*r).args), name);
+            let from_query = query_parameter(str_bytes_for::<'r>((*r).args), name);
             if let Some(known) = from_query.and_then(|id| chooser.offer(id)) {
                 return known;
             }
         }
     }
     chooser.finish()
-}
-
-/// The bytes of an `ngx_str_t` that points into a request's memory, for that request's life.
-///
-/// # Safety
-/// `s` must be empty or point to `len` bytes that stay valid and unchanged for `'r`.
-unsafe fn request_bytes<'r>(s: ngx_str_t) -> &'r [u8] {
-    if s.len == 0 || s.data.is_null() {
-        return &[];
-    }
-    // SAFETY: per the function contract.
-    unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
 /// `get`: a usable peer of the session's route; else, with `failover=off`, refusal; else, with

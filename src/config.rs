@@ -155,9 +155,6 @@ pub enum ConfError {
         "invalid failover \"{0}\" in \"jvm_route\" directive: use \"balance\", \"consistent\" or \"off\""
     )]
     FailoverMode(String),
-    /// `jvm_route_status` twice in one location.
-    #[error("\"jvm_route_status\" directive is duplicate")]
-    StatusDuplicate,
     /// A bad `jvm_route_status` argument.
     #[error("invalid parameter \"{0}\" in \"jvm_route_status\" directive")]
     StatusParameter(String),
@@ -199,12 +196,23 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a mut [ngx_str_t] {
     unsafe { (*(*cf).args).as_slice_mut::<ngx_str_t>() }
 }
 
-fn bytes(s: &ngx_str_t) -> &[u8] {
+/// The bytes of an `ngx_str_t`, for as long as the caller says they live.
+///
+/// # Safety
+/// `s` must be empty or point to `len` bytes that stay valid and unchanged for `'a`.
+pub unsafe fn str_bytes_for<'a>(s: ngx_str_t) -> &'a [u8] {
     if s.len == 0 || s.data.is_null() {
         return &[];
     }
-    // SAFETY: a non-empty ngx_str_t from nginx points to `len` readable bytes.
+    // SAFETY: per the function contract.
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
+}
+
+/// The bytes of an `ngx_str_t` from nginx (empty for a null one), borrowed with it.
+pub fn str_bytes(s: &ngx_str_t) -> &[u8] {
+    // SAFETY: a non-empty ngx_str_t from nginx points to `len` readable bytes, which live at
+    // least as long as the structure that holds it.
+    unsafe { str_bytes_for(*s) }
 }
 
 fn lossy(s: &[u8]) -> String {
@@ -233,7 +241,7 @@ pub unsafe extern "C" fn cmd_server(
 
     for i in 2..args.len() {
         let arg = args[i];
-        let value = bytes(&arg);
+        let value = str_bytes(&arg);
         if let Some(id) = value.strip_prefix(b"srun_id=") {
             if srun_id.is_some() {
                 return conf_error(cf, ConfError::DuplicateSrunId);
@@ -379,7 +387,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
     let mut failover = Failover::Balance;
     let mut seen: Vec<&[u8]> = Vec::new();
     for option in &args[2..] {
-        let option = bytes(option);
+        let option = str_bytes(option);
         let (name, value) = match option.iter().position(|&b| b == b'=') {
             Some(eq) => (&option[..eq], Some(&option[eq + 1..])),
             None => (option, None),
@@ -400,7 +408,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
         }
     }
 
-    let spec = bytes(&args[1]);
+    let spec = str_bytes(&args[1]);
     let (source_text, url_name) = match spec.iter().position(|&b| b == b'|') {
         Some(bar) => (&spec[..bar], Some(&spec[bar + 1..])),
         None => (spec, None),
@@ -499,7 +507,7 @@ unsafe fn pool_string(cf: *mut ngx_conf_t, parts: &[&[u8]]) -> Option<ngx_str_t>
 unsafe fn forward_to_next_module(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t) -> *mut c_char {
     // SAFETY: per the function contract; `cf->cycle->modules` is a NULL-terminated array.
     unsafe {
-        let name = bytes(&(*cmd).name);
+        let name = str_bytes(&(*cmd).name);
         let cycle = (*cf).cycle;
         let this = Module::module() as *const ngx_module_t;
         let modules = (*cycle).modules;
@@ -520,7 +528,7 @@ unsafe fn forward_to_next_module(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t) -
             }
             let mut next = (*module).commands;
             while (*next).name.len != 0 {
-                if bytes(&(*next).name) == name && (*next).type_ & (*cf).cmd_type != 0 {
+                if str_bytes(&(*next).name) == name && (*next).type_ & (*cf).cmd_type != 0 {
                     if !argument_count_fits((*next).type_, (*(*cf).args).nelts) {
                         ngx_conf_log_error!(
                             NGX_LOG_EMERG,
@@ -583,11 +591,11 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
     // SAFETY: per the function contract.
     let (lcf, args) = unsafe { (&mut *conf.cast::<LocationConf>(), args(cf)) };
     if lcf.status.is_some() {
-        return conf_error(cf, ConfError::StatusDuplicate);
+        return c"is duplicate".as_ptr().cast_mut();
     }
     let mut status = StatusConf::default();
     for arg in &args[1..] {
-        match bytes(arg) {
+        match str_bytes(arg) {
             b"control" if !status.control => status.control = true,
             name if status.upstream.is_none()
                 && !name.is_empty()
@@ -630,7 +638,7 @@ unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
         if file.is_null() {
             return (String::new(), 0);
         }
-        (lossy(bytes(&(*file).file.name)), (*file).line)
+        (lossy(str_bytes(&(*file).file.name)), (*file).line)
     }
 }
 
@@ -678,7 +686,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         // Statistics slots: primary peers, then backup peers, as round robin lays them out.
         ucf.index = main.upstreams.len();
         ucf.slot_base = slots;
-        parts.push(bytes(&uscf.host).to_vec());
+        parts.push(str_bytes(&uscf.host).to_vec());
         let list = servers(uscf);
         for backup in [false, true] {
             let mut count = 0;
@@ -690,7 +698,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                     drained.extend(slots + count..slots + count + server.naddrs);
                 }
                 count += server.naddrs;
-                parts.push(bytes(&server.name).to_vec());
+                parts.push(str_bytes(&server.name).to_vec());
                 parts.push(format!("{}/{}", server.naddrs, backup).into_bytes());
             }
             if backup {
@@ -706,7 +714,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
     for (name, file, line) in &main.status_names {
         let known = main.upstreams.iter().any(|&u| {
             // SAFETY: the upstream configurations live as long as the configuration.
-            bytes(unsafe { &(*u).host }) == &name[..]
+            str_bytes(unsafe { &(*u).host }) == &name[..]
         });
         if !known {
             // The directive's own file and line, not where the http block ends.
@@ -759,7 +767,7 @@ fn warn_unused_srun_ids(cf: *mut ngx_conf_t, uscf: &ngx_http_upstream_srv_conf_t
         NGX_LOG_WARN,
         log,
         "upstream \"{}\" has servers with \"srun_id\" but no \"jvm_route\": the srun_ids are not used in {}:{}",
-        lossy(bytes(&uscf.host)),
+        lossy(str_bytes(&uscf.host)),
         file,
         uscf.line
     );
@@ -769,9 +777,4 @@ fn warn_unused_srun_ids(cf: *mut ngx_conf_t, uscf: &ngx_http_upstream_srv_conf_t
 pub fn servers(uscf: &ngx_http_upstream_srv_conf_t) -> &[ngx_http_upstream_server_t] {
     // SAFETY: `servers` is null or an array of `ngx_http_upstream_server_t`.
     unsafe { uscf.servers.as_ref().map_or(&[], |a: &ngx_array_t| a.as_slice()) }
-}
-
-/// Bytes of an `ngx_str_t` (empty for a null one).
-pub fn str_bytes(s: &ngx_str_t) -> &[u8] {
-    bytes(s)
 }

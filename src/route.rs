@@ -130,8 +130,7 @@ impl RouteTable {
     pub fn lookup(&self, session_id: &[u8]) -> Option<RouteId> {
         match self.mode {
             RouteMode::AfterFirstDot => {
-                let dot = memchr::memchr(b'.', session_id)?;
-                let route = &session_id[dot + 1..];
+                let route = reverse_route(session_id)?;
                 if route.is_empty() || route.len() > self.longest {
                     return None;
                 }
@@ -159,6 +158,11 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+}
+
+/// The route a session id names in `reverse` mode: the text after its first `.`.
+pub fn reverse_route(session_id: &[u8]) -> Option<&[u8]> {
+    memchr::memchr(b'.', session_id).map(|dot| &session_id[dot + 1..])
 }
 
 /// What a request's session ids say, taken together.
@@ -286,6 +290,14 @@ mod tests {
         assert_eq!(name(&t, "5C3AE1F2."), None);
         assert_eq!(name(&t, "A.tomcat01.extra"), None);
         assert_eq!(name(&t, ".tomcat01").as_deref(), Some("tomcat01"));
+    }
+
+    #[test]
+    fn reverse_route_is_the_text_after_the_first_dot() {
+        assert_eq!(reverse_route(b"5C3A.tomcat01"), Some(&b"tomcat01"[..]));
+        assert_eq!(reverse_route(b"ID.node.a"), Some(&b"node.a"[..]));
+        assert_eq!(reverse_route(b"ID."), Some(&b""[..]));
+        assert_eq!(reverse_route(b"NODOT"), None);
     }
 
     #[test]

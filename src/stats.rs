@@ -13,7 +13,7 @@
 //! again from zero. Servers with `drain` in the configuration drain again after every reload.
 
 use std::ffi::c_void;
-use std::ptr::{self, null_mut};
+use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ngx::core::Status;
@@ -262,6 +262,3 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
     }
     Status::NGX_OK.0
 }
-
-/// A null zone, for configurations without `jvm_route`.
-pub const NO_ZONE: *mut ngx_shm_zone_t = null_mut();

@@ -347,16 +347,7 @@ fn nginx_test_config_bytes(http_conf: &[u8]) -> (Output, PathBuf, TempDir) {
     let mut conf = main_preamble(1).into_bytes();
     conf.extend_from_slice(http_conf);
     fs::write(&path, conf).expect("write nginx.conf");
-    let output = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&path)
-        .arg("-e")
-        .arg("stderr")
-        .arg("-t")
-        .output()
-        .expect("run nginx -t");
+    let output = nginx_check(&nginx_binary(), dir.path(), &path);
     (output, path, dir)
 }
 
@@ -498,16 +489,7 @@ fn stock_verdict(conf: &str) -> (bool, Vec<String>) {
         .collect::<Vec<_>>()
         .join("\n");
     fs::write(&path, &stock).unwrap();
-    let out = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&path)
-        .arg("-e")
-        .arg("stderr")
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = nginx_check(&nginx_binary(), dir.path(), &path);
     (out.status.success(), emergencies(&out, &path))
 }
 

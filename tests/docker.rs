@@ -182,13 +182,10 @@ fn image_build_command_makes_a_module_that_loads() {
         module.display()
     );
     fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let out = Command::new(env!("JVM_ROUTE_NGINX_BINARY"))
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-t")
-        .output()
-        .expect("nginx -t");
+    let out = nginx_check(
+        Path::new(env!("JVM_ROUTE_NGINX_BINARY")),
+        dir.path(),
+        &dir.path().join("nginx.conf"),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -36,16 +36,7 @@ fn another_nginx_version_refuses_the_module() {
     let module = module_path();
     let conf = format!("load_module {};\nevents {{}}\n", module.display());
     fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let out = Command::new(&other)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-e")
-        .arg("stderr")
-        .arg("-t")
-        .output()
-        .expect("nginx -t");
+    let out = nginx_check(&other, dir.path(), &dir.path().join("nginx.conf"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let expected = format!(

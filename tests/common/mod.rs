@@ -317,17 +317,20 @@ impl Drop for Nginx {
 }
 
 fn nginx_command(dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(nginx_binary());
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg("stderr")
-        .args(extra);
+    nginx_command_with(&nginx_binary(), dir, &dir.join("nginx.conf"), extra)
+}
+
+fn nginx_command_with(binary: &Path, prefix: &Path, conf: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("-p").arg(prefix).arg("-c").arg(conf).arg("-e").arg("stderr").args(extra);
     cmd
 }
 
+/// `binary -t` on the configuration file `conf`, with `prefix` as nginx's prefix and errors
+/// on stderr.
+pub fn nginx_check(binary: &Path, prefix: &Path, conf: &Path) -> Output {
+    nginx_command_with(binary, prefix, conf, &["-t"]).output().expect("run nginx -t")
+}
 /// Runs `nginx -t` on `preamble + http_conf` and returns its output (for configuration errors).
 /// The configuration is written to `nginx.conf` in a fresh directory, whose path is returned.
 pub fn nginx_test_config(http_conf: &str) -> (Output, PathBuf, TempDir) {
