@@ -9,16 +9,18 @@
 //! Every attempt is counted in the shared statistics, and the outcome is kept in the request's
 //! context for `$jvm_route_status`.
 
+use std::alloc::Layout;
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_palloc,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pool_cleanup_add,
     ngx_peer_connection_t, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
 };
-use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, Request};
+use ngx::http::{HttpModule, HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
 
 use crate::config::{str_bytes, str_bytes_for, JvmRoute, SessionSource, UpstreamConf};
@@ -26,10 +28,9 @@ use crate::failover::{self, Failover};
 use crate::peers::{self, PeersLock};
 use crate::route::{
     first_usable, reverse_route, Route, RouteChooser, RouteId, RouteMode, RouteTable, SessionRoute,
-    MAX_SRUN_ID_LEN,
 };
 use crate::session::{cookie_values, path_parameter, query_parameter};
-use crate::stats::{ServerCounter, Stats, UpstreamCounter};
+use crate::stats::{ServerCounter, UpstreamCounter};
 use crate::upstream::{self, PeerInfo, PeerRoutes};
 use crate::Module;
 
@@ -71,54 +72,167 @@ impl Outcome {
 pub struct RequestCtx {
     /// What happened, as of the last attempt.
     pub outcome: Outcome,
-    /// The request was refused (`failover=off`): nginx's 502 becomes a 503.
-    pub refused: bool,
-    /// The 503 page has been sent in place of nginx's 502 page.
-    pub page_sent: bool,
-    route_len: u8,
-    route: [u8; MAX_SRUN_ID_LEN],
+    flags: u8,
+    /// The length of the route within the session id.
+    route_len: u32,
+    /// The session id that decided: request memory (a Cookie header, the URI, the pool).
+    session: ngx_str_t,
 }
+
+/// The request was refused (`failover=off`): nginx's 502 becomes a 503.
+const REFUSED: u8 = 1;
+/// The 503 page has been sent in place of nginx's 502 page.
+const PAGE_SENT: u8 = 2;
+/// The failover away from the session's route has been counted.
+const FAILED_OVER: u8 = 4;
+/// The route is the end of the session id (`reverse`), not its start.
+const ROUTE_AT_END: u8 = 8;
 
 impl RequestCtx {
     /// The route read from the session id (empty if none).
     pub fn route(&self) -> &[u8] {
-        &self.route[..usize::from(self.route_len).min(MAX_SRUN_ID_LEN)]
+        let session = str_bytes(&self.session);
+        let len = (self.route_len as usize).min(session.len());
+        if self.flags & ROUTE_AT_END != 0 {
+            &session[session.len() - len..]
+        } else {
+            &session[..len]
+        }
     }
 
-    fn set_route(&mut self, route: &[u8]) {
-        let n = route.len().min(MAX_SRUN_ID_LEN);
-        self.route[..n].copy_from_slice(&route[..n]);
-        self.route_len = n as u8;
+    /// Whether the request was refused (`failover=off`).
+    pub fn refused(&self) -> bool {
+        self.flags & REFUSED != 0
+    }
+
+    /// Forgets the refusal: the response is not the 502 of a refused request.
+    pub fn clear_refused(&mut self) {
+        self.flags &= !REFUSED;
+    }
+
+    /// Whether the 503 page was sent; marks it sent.
+    pub fn take_page_sent(&mut self) -> bool {
+        let sent = self.flags & PAGE_SENT != 0;
+        self.flags |= PAGE_SENT;
+        sent
     }
 }
 
-/// Everything a request needs, in one pool allocation.
-#[repr(C)]
-struct RequestState {
-    peer: PeerData,
-    ctx: RequestCtx,
+/// The wrapped method's peer callbacks, as its per-request `init` set them.
+#[derive(Clone, Copy)]
+struct Wrapped {
+    get: ngx::ffi::ngx_event_get_peer_pt,
+    free: ngx::ffi::ngx_event_free_peer_pt,
+    notify: ngx::ffi::ngx_event_notify_peer_pt,
+    set_session: ngx::ffi::ngx_event_set_peer_session_pt,
+    save_session: ngx::ffi::ngx_event_save_peer_session_pt,
 }
 
-/// Per-request balancer state: the wrapped method's callbacks and data, and the session.
+/// No route: the session names none of this upstream's.
+const NO_ROUTE: RouteId = RouteId::MAX;
+
+/// Everything a request needs. It lives outside the request pool (see [`Spares`]).
 #[repr(C)]
 struct PeerData {
+    /// Round robin's per-request data, when round robin is the wrapped method: its `init`
+    /// takes this instead of allocating its own.
+    rr: ngx_http_upstream_rr_peer_data_t,
+    /// The wrapped method's data and callbacks.
     original_data: *mut c_void,
-    original_get: ngx::ffi::ngx_event_get_peer_pt,
-    original_free: ngx::ffi::ngx_event_free_peer_pt,
-    original_notify: ngx::ffi::ngx_event_notify_peer_pt,
-    original_set_session: ngx::ffi::ngx_event_set_peer_session_pt,
-    original_save_session: ngx::ffi::ngx_event_save_peer_session_pt,
+    wrapped: Wrapped,
     conf: *const UpstreamConf,
-    stats: Option<Stats>,
-    ctx: *mut RequestCtx,
-    /// The session's route, if it names one of this upstream.
-    route: Option<RouteId>,
-    /// The session id that decided (request memory: the Cookie header, the URI or the pool).
-    session: ngx_str_t,
+    /// The session's route, if it names one of this upstream (else `NO_ROUTE`).
+    route: RouteId,
     /// The view the route id and slots refer to.
-    stamp: u64,
-    /// The failover away from the route has been counted.
-    failed_over: bool,
+    stamp: u32,
+    /// The module context of the request.
+    ctx: RequestCtx,
+    /// The next spare, while this one is spare.
+    next_spare: *mut PeerData,
+}
+
+impl PeerData {
+    fn route(&self) -> Option<RouteId> {
+        (self.route != NO_ROUTE).then_some(self.route)
+    }
+}
+
+/// How many spare request states a worker keeps per upstream; more are freed.
+const MAX_SPARES: usize = 1024;
+
+/// A worker's spare request states for one upstream. `init_peer` takes one (or allocates it)
+/// and the request pool's cleanup gives it back when the request ends. Keeping the state out of
+/// the request pool keeps the pool as small as with round robin alone: round robin's own
+/// per-request data is part of the state, and the pool holds only the cleanup's record, so a
+/// request that fits in its pool's blocks with round robin fits with this module too.
+pub struct Spares {
+    head: Cell<*mut PeerData>,
+    count: Cell<usize>,
+}
+
+impl Default for Spares {
+    fn default() -> Self {
+        Spares { head: Cell::new(std::ptr::null_mut()), count: Cell::new(0) }
+    }
+}
+
+impl Spares {
+    /// A spare state, or a new allocation; null if memory ran out. Its content is undefined.
+    fn take(&self) -> *mut PeerData {
+        let head = self.head.get();
+        if head.is_null() {
+            // SAFETY: PeerData has a non-zero size.
+            return unsafe { std::alloc::alloc(Layout::new::<PeerData>()) }.cast();
+        }
+        // SAFETY: a spare is a PeerData allocation whose `next_spare` was written by `give`.
+        self.head.set(unsafe { (&raw const (*head).next_spare).read() });
+        self.count.set(self.count.get().saturating_sub(1));
+        head
+    }
+
+    /// Takes a state back.
+    ///
+    /// # Safety
+    /// `pd` must come from `take` and no longer be used.
+    unsafe fn give(&self, pd: *mut PeerData) {
+        if self.count.get() >= MAX_SPARES {
+            // SAFETY: `take` allocated it with this layout.
+            unsafe { std::alloc::dealloc(pd.cast(), Layout::new::<PeerData>()) };
+            return;
+        }
+        // SAFETY: per the function contract, the state is ours again.
+        unsafe { (&raw mut (*pd).next_spare).write(self.head.get()) };
+        self.head.set(pd);
+        self.count.set(self.count.get() + 1);
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        let mut pd = self.head.replace(std::ptr::null_mut());
+        while !pd.is_null() {
+            // SAFETY: every spare came from `take` and is used by no request; the
+            // configuration is destroyed after the requests that used it.
+            unsafe {
+                let next = (&raw const (*pd).next_spare).read();
+                std::alloc::dealloc(pd.cast(), Layout::new::<PeerData>());
+                pd = next;
+            }
+        }
+    }
+}
+
+/// The request pool's cleanup: the request is over, its state becomes spare.
+unsafe extern "C" fn release_state(data: *mut c_void) {
+    let pd = data.cast::<PeerData>();
+    // SAFETY: `data` is the state taken in `init_peer`, whose `conf` was written before this
+    // cleanup was registered; the upstream configuration outlives the worker's requests.
+    // Nothing refers to the state any more: the peer connection, the module context and the
+    // keepalive module's data all live in the pool being destroyed.
+    unsafe {
+        let conf = (&raw const (*pd).conf).read();
+        (*conf).spares.give(pd);
+    }
 }
 
 /// `init_upstream` of an upstream with `jvm_route` (or beneath `keepalive`): initialises the
@@ -162,11 +276,31 @@ unsafe extern "C" fn init_peer(
         // SAFETY: the wrapped method's per-request init with nginx's own arguments.
         return unsafe { original(r, us) };
     };
-    let stats = Module::main_conf(request).and_then(|m| m.stats());
     let routes = upstream::current(ucf, us_ref);
-    if let (Some(routes), Some(stats)) = (routes, &stats) {
+    if let Some((routes, stats)) = routes.and_then(|r| Some((r, r.stats.as_ref()?))) {
         // Before the method's init, which counts the peers that are not down.
         routes.apply_marks(stats);
+    }
+    let pd = ucf.spares.take();
+    if pd.is_null() {
+        return Status::NGX_ERROR.0;
+    }
+    // SAFETY: `pd` is ours; `r` is live, with its pool. The cleanup gives the state back when
+    // the pool is destroyed, after the upstream and the log phase are done with it.
+    unsafe {
+        (&raw mut (*pd).conf).write(ucf);
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            ucf.spares.give(pd);
+            return Status::NGX_ERROR.0;
+        }
+        (*cln).handler = Some(release_state);
+        (*cln).data = pd.cast();
+    }
+    if original as *const () == ngx_http_upstream_init_round_robin_peer as *const () {
+        // SAFETY: `r->upstream` is set while its balancer is initialised; round robin's init
+        // takes the data it finds there instead of allocating its own, and writes all of it.
+        unsafe { (*(*r).upstream).peer.data = (&raw mut (*pd).rr).cast() };
     }
     // SAFETY: the wrapped method's per-request init with nginx's own arguments.
     let rc = unsafe { original(r, us) };
@@ -178,67 +312,53 @@ unsafe extern "C" fn init_peer(
     // SAFETY: `r` is live; the URI and arguments are read-only during the request.
     let session = unsafe { find_session(r, jvm_route, &routes.table) };
     ngx_log_debug_http!(request, "jvm_route: session {:?}", session);
-    if let Some(stats) = &stats {
-        let counters: &[UpstreamCounter] = match session {
-            SessionRoute::NoSession => &[UpstreamCounter::WithoutSession],
-            SessionRoute::Unknown(_) => {
-                &[UpstreamCounter::WithSession, UpstreamCounter::UnknownRoute]
-            }
-            SessionRoute::Known(..) => &[UpstreamCounter::WithSession],
+    let (route, id, outcome, text) = match session {
+        SessionRoute::Known(route, id) => {
+            (route, id, Outcome::Hit, routes.table.route_text(route, id))
+        }
+        SessionRoute::Unknown(id) => {
+            let text = match jvm_route.mode {
+                RouteMode::AfterFirstDot => reverse_route(id),
+                RouteMode::Prefix => None,
+            };
+            (NO_ROUTE, id, Outcome::Miss, text)
+        }
+        SessionRoute::NoSession => (NO_ROUTE, &[][..], Outcome::None, None),
+    };
+    if let Some(stats) = &routes.stats {
+        let counter = match outcome {
+            Outcome::None => UpstreamCounter::WithoutSession,
+            _ => UpstreamCounter::WithSession,
         };
-        for &c in counters {
-            stats.count_upstream(ucf.index, c);
+        stats.count_upstream(ucf.index, counter);
+        if outcome == Outcome::Miss {
+            stats.count_upstream(ucf.index, UpstreamCounter::UnknownRoute);
         }
     }
-    let (route, id, outcome) = match session {
-        SessionRoute::Known(route, id) => (Some(route), id, Outcome::Hit),
-        SessionRoute::Unknown(id) => (None, id, Outcome::Miss),
-        SessionRoute::NoSession => (None, &[][..], Outcome::None),
-    };
+    let route_at_end = if jvm_route.mode == RouteMode::AfterFirstDot { ROUTE_AT_END } else { 0 };
 
-    // SAFETY: `r->upstream` is set while its balancer is initialised; the context and the peer
-    // data live in the request pool as long as the request, and are written before use.
+    // SAFETY: `r->upstream` is set while its balancer is initialised; `pd` lives until the
+    // request pool is destroyed and is written whole before use (its `rr` part is round robin's
+    // to write); the session id is request memory.
     unsafe {
-        let state = ngx_palloc((*r).pool, size_of::<RequestState>()).cast::<RequestState>();
-        if state.is_null() {
-            return Status::NGX_ERROR.0;
-        }
-        let ctx = &raw mut (*state).ctx;
-        let pd = &raw mut (*state).peer;
-        ctx.write(RequestCtx {
-            outcome,
-            refused: false,
-            page_sent: false,
-            route_len: 0,
-            route: [0; MAX_SRUN_ID_LEN],
-        });
-        match route.and_then(|id| routes.table.route(id)) {
-            Some(known) => (*ctx).set_route(&known.srun_id),
-            None if jvm_route.mode == RouteMode::AfterFirstDot => {
-                if let Some(unknown) = reverse_route(id) {
-                    (*ctx).set_route(unknown);
-                }
-            }
-            None => {}
-        }
-        request.set_module_ctx(ctx.cast(), Module::module());
-
         let u = &mut *(*r).upstream;
-        pd.write(PeerData {
-            original_data: u.peer.data,
-            original_get: u.peer.get,
-            original_free: u.peer.free,
-            original_notify: u.peer.notify,
-            original_set_session: u.peer.set_session,
-            original_save_session: u.peer.save_session,
-            conf: ucf,
-            stats,
-            ctx,
-            route,
-            session: ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() },
-            stamp: routes.stamp,
-            failed_over: false,
+        (&raw mut (*pd).original_data).write(u.peer.data);
+        (&raw mut (*pd).wrapped).write(Wrapped {
+            get: u.peer.get,
+            free: u.peer.free,
+            notify: u.peer.notify,
+            set_session: u.peer.set_session,
+            save_session: u.peer.save_session,
         });
+        (&raw mut (*pd).route).write(route);
+        (&raw mut (*pd).stamp).write(routes.stamp);
+        (&raw mut (*pd).ctx).write(RequestCtx {
+            outcome,
+            flags: route_at_end,
+            route_len: text.map_or(0, |t| t.len() as u32),
+            session: ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() },
+        });
+        request.set_module_ctx((&raw mut (*pd).ctx).cast(), Module::module());
         u.peer.data = pd.cast();
         u.peer.get = Some(get_peer);
         u.peer.free = Some(free_peer);
@@ -326,32 +446,33 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     let (pd, pc_ref) = unsafe { (&mut *data.cast::<PeerData>(), &mut *pc) };
     let routes = unsafe { request_routes(pd) };
     // SAFETY: `conf` and `ctx` outlive the request.
-    let (jvm_route, ctx) = unsafe { ((*pd.conf).jvm_route.as_ref(), &mut *pd.ctx) };
+    let jvm_route = unsafe { (*pd.conf).jvm_route.as_ref() };
     let failover = jvm_route.map_or(Failover::Balance, |j| j.failover);
+    let stats = routes.and_then(|r| r.stats.as_ref());
     let count = |slot: Option<usize>, counter: ServerCounter| {
-        if let (Some(stats), Some(slot)) = (&pd.stats, slot) {
+        if let (Some(stats), Some(slot)) = (stats, slot) {
             stats.count(slot, counter);
         }
     };
 
-    if let (Some(routes), Some(route)) = (routes, pd.route.and_then(|id| routes?.table.route(id))) {
+    if let (Some(routes), Some(route)) = (routes, pd.route().and_then(|id| routes?.table.route(id))) {
         // SAFETY: the wrapped data begins with round robin's.
         if let Some(peer) = unsafe { pick_sticky_peer(pc_ref, pd, routes, route) } {
-            ctx.outcome = Outcome::Hit;
+            pd.ctx.outcome = Outcome::Hit;
             let slot = routes.slot_of(peer);
             count(slot, ServerCounter::Requests);
             count(slot, ServerCounter::Hits);
             return Status::NGX_OK.0;
         }
-        if !pd.failed_over {
-            pd.failed_over = true;
+        if pd.ctx.flags & FAILED_OVER == 0 {
+            pd.ctx.flags |= FAILED_OVER;
             let first = route.primary.first().map(|&i| &routes.primary[i as usize]);
             let first = first.or_else(|| route.backup.first().map(|&i| &routes.backup[i as usize]));
             count(first.and_then(|p| p.slot), ServerCounter::FailoversFrom);
         }
         if failover == Failover::Off {
-            ctx.outcome = Outcome::Refused;
-            ctx.refused = true;
+            pd.ctx.outcome = Outcome::Refused;
+            pd.ctx.flags |= REFUSED;
             // SAFETY: every stock balancer's peer data begins with round robin's.
             let rrp = unsafe { &*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
             if !rrp.peers.is_null() {
@@ -363,14 +484,14 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         }
     }
 
-    if failover == Failover::Consistent && pd.session.len > 0 {
+    if failover == Failover::Consistent && pd.ctx.session.len > 0 {
         if let Some(routes) = routes {
             // SAFETY: the wrapped data begins with round robin's.
             if let Some(peer) = unsafe { pick_consistent_peer(pc_ref, pd, routes) } {
                 let slot = routes.slot_of(peer);
                 count(slot, ServerCounter::Requests);
-                if pd.route.is_some() {
-                    ctx.outcome = Outcome::Failover;
+                if pd.route().is_some() {
+                    pd.ctx.outcome = Outcome::Failover;
                     count(slot, ServerCounter::FailoversTo);
                 }
                 return Status::NGX_OK.0;
@@ -378,7 +499,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         }
     }
 
-    let Some(get) = pd.original_get else { return Status::NGX_ERROR.0 };
+    let Some(get) = pd.wrapped.get else { return Status::NGX_ERROR.0 };
     // SAFETY: the wrapped method's own callback and data.
     let rc = unsafe { get(pc, pd.original_data) };
     if rc == Status::NGX_OK.0 {
@@ -389,8 +510,8 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
                 unsafe { (*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
             let slot = routes.slot_of(current);
             count(slot, ServerCounter::Requests);
-            if pd.route.is_some() {
-                ctx.outcome = Outcome::Failover;
+            if pd.route().is_some() {
+                pd.ctx.outcome = Outcome::Failover;
                 count(slot, ServerCounter::FailoversTo);
             }
         }
@@ -433,7 +554,7 @@ unsafe fn pick_consistent_peer(
         return None;
     }
     let now = ngx_time();
-    let session = str_bytes(&pd.session);
+    let session = str_bytes(&pd.ctx.session);
     // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
     let candidates = routes.primary.iter().enumerate().filter_map(|(index, info)| unsafe {
         let p = &*info.peer;
@@ -471,7 +592,7 @@ unsafe fn pick_sticky_peer(
         return None;
     }
     let now = ngx_time();
-    let stats = pd.stats.as_ref();
+    let stats = routes.stats.as_ref();
     // SAFETY: `list` is valid; `next` is null or the backup list.
     let backup_list = unsafe { (*list).next };
 
@@ -548,11 +669,12 @@ unsafe extern "C" fn free_peer(
         let routes = unsafe { request_routes(pd) };
         let current =
             unsafe { (*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
-        if let (Some(stats), Some(slot)) = (&pd.stats, routes.and_then(|r| r.slot_of(current))) {
+        let stats = routes.and_then(|r| Some((r.stats.as_ref()?, r.slot_of(current)?)));
+        if let Some((stats, slot)) = stats {
             stats.count(slot, ServerCounter::Failures);
         }
     }
-    if let Some(free) = pd.original_free {
+    if let Some(free) = pd.wrapped.free {
         // SAFETY: the wrapped method's own callback and data.
         unsafe { free(pc, pd.original_data, state) };
     }
@@ -565,7 +687,7 @@ unsafe extern "C" fn notify_peer(
 ) {
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &*data.cast::<PeerData>() };
-    if let Some(notify) = pd.original_notify {
+    if let Some(notify) = pd.wrapped.notify {
         // SAFETY: the wrapped method's own callback and data.
         unsafe { notify(pc, pd.original_data, kind) };
     }
@@ -577,7 +699,7 @@ unsafe extern "C" fn set_peer_session(
 ) -> ngx_int_t {
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &*data.cast::<PeerData>() };
-    match pd.original_set_session {
+    match pd.wrapped.set_session {
         // SAFETY: the wrapped method's own callback and data.
         Some(set) => unsafe { set(pc, pd.original_data) },
         None => Status::NGX_OK.0,
@@ -587,7 +709,7 @@ unsafe extern "C" fn set_peer_session(
 unsafe extern "C" fn save_peer_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &*data.cast::<PeerData>() };
-    if let Some(save) = pd.original_save_session {
+    if let Some(save) = pd.wrapped.save_session {
         // SAFETY: the wrapped method's own callback and data.
         unsafe { save(pc, pd.original_data) };
     }

@@ -80,6 +80,10 @@ pub struct UpstreamConf {
     pub backup_slots: usize,
     /// The worker's view of the current peer list, built on first use.
     pub routes: UnsafeCell<Option<PeerRoutes>>,
+    /// The worker's spare request states.
+    pub spares: crate::balancer::Spares,
+    /// The shared memory zone of the counters and runtime marks.
+    pub zone: Option<std::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
 }
 
 /// This module's configuration of the `http {}` block.
@@ -750,6 +754,12 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
     match unsafe { crate::stats::add_zone(cf, layout, tag) } {
         Some(zone) => main.zone = std::ptr::NonNull::new(zone),
         None => return conf_error(cf, ConfError::NoMemory),
+    }
+    for &uscf in &main.upstreams {
+        // SAFETY: the upstream configurations live as long as the configuration.
+        if let Some(ucf) = Module::server_conf_mut(unsafe { &mut *uscf }) {
+            ucf.zone = main.zone;
+        }
     }
     ngx::core::NGX_CONF_OK
 }

@@ -144,6 +144,17 @@ impl RouteTable {
         }
     }
 
+    /// The text of `session_id` that named the route `id` (as [`lookup`](Self::lookup) found
+    /// it): its end in `reverse` mode, its start otherwise. Slices the session id, so that the
+    /// text lives as long as the request, however the table changes.
+    pub fn route_text<'a>(&self, id: RouteId, session_id: &'a [u8]) -> Option<&'a [u8]> {
+        let len = self.route(id)?.srun_id.len();
+        match self.mode {
+            RouteMode::AfterFirstDot => session_id.get(session_id.len().checked_sub(len)?..),
+            RouteMode::Prefix => session_id.get(..len),
+        }
+    }
+
     /// The route with this id.
     pub fn route(&self, id: RouteId) -> Option<&Route> {
         self.routes.get(id as usize)
@@ -405,8 +416,11 @@ mod tests {
                 );
                 let wanted = pick.get(&ids);
                 let session = format!("{prefix}.{wanted}");
-                let found = t.lookup(session.as_bytes()).and_then(|id| t.route(id));
+                        let id = t.lookup(session.as_bytes());
+                let found = id.and_then(|id| t.route(id));
                 prop_assert_eq!(found.map(|r| &*r.srun_id), Some(wanted.as_bytes()));
+                let text = id.and_then(|id| t.route_text(id, session.as_bytes()));
+                prop_assert_eq!(text, Some(wanted.as_bytes()));
             }
 
             #[test]
@@ -420,8 +434,11 @@ mod tests {
                     ids.iter().enumerate().map(|(i, s)| (s.as_bytes(), PeerList::Primary, i as u32)),
                 );
                 let expected = ids.iter().filter(|id| session.starts_with(id.as_str())).max_by_key(|id| id.len());
-                let found = t.lookup(session.as_bytes()).and_then(|id| t.route(id));
+                let id = t.lookup(session.as_bytes());
+                let found = id.and_then(|id| t.route(id));
                 prop_assert_eq!(found.map(|r| &*r.srun_id), expected.map(|s| s.as_bytes()));
+                let text = id.and_then(|id| t.route_text(id, session.as_bytes()));
+                prop_assert_eq!(text, expected.map(|s| s.as_bytes()));
             }
         }
     }

@@ -40,13 +40,15 @@ pub struct PeerRoutes {
     /// That list's generation when the view was built.
     generation: ngx_uint_t,
     /// Counts rebuilds, so that a request can tell its route id belongs to an older table.
-    pub stamp: u64,
+    pub stamp: u32,
     /// Primary peers, in list order.
     pub primary: Vec<PeerInfo>,
     /// Backup peers, in list order.
     pub backup: Vec<PeerInfo>,
     /// Peer address -> statistics slot.
     slot_of: FastMap<usize, usize>,
+    /// The counters and runtime marks.
+    pub stats: Option<Stats>,
     /// Where the next pick among peers sharing a route starts.
     pub cursor: Cell<usize>,
     /// The runtime-marks generation last applied to the peers.
@@ -139,7 +141,7 @@ pub fn current<'a>(
     let slot = unsafe { &mut *ucf.routes.get() };
     let fresh = slot.as_ref().is_some_and(|t| t.list == list && t.generation == generation);
     if !fresh {
-        let stamp = slot.as_ref().map_or(0, |t| t.stamp + 1);
+        let stamp = slot.as_ref().map_or(0, |t| t.stamp.wrapping_add(1));
         // SAFETY: `list` is valid; `build` takes the read lock itself.
         *slot = Some(unsafe { build(ucf, us, list, stamp) });
     }
@@ -154,7 +156,7 @@ unsafe fn build(
     ucf: &UpstreamConf,
     us: &ngx_http_upstream_srv_conf_t,
     list: *mut ngx_http_upstream_rr_peers_t,
-    stamp: u64,
+    stamp: u32,
 ) -> PeerRoutes {
     // SAFETY: per the function contract.
     let _lock = unsafe { PeersLock::read(list) };
@@ -209,6 +211,8 @@ unsafe fn build(
         primary,
         backup,
         slot_of,
+        // SAFETY: the zone, if any, was declared for this configuration.
+        stats: ucf.zone.and_then(|z| unsafe { crate::stats::from_zone(z.as_ptr()) }),
         cursor: Cell::new(0),
         applied: Cell::new(None),
     }

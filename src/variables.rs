@@ -109,7 +109,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request; the next filter was saved at configuration.
     unsafe {
         if let Some(ctx) = request_ctx(r) {
-            if ctx.refused && (*r).headers_out.status == 502 {
+            if ctx.refused() && (*r).headers_out.status == 502 {
                 // `$status` in the access log reads `err_status`, which nginx set to 502.
                 (*r).err_status = 503;
                 let out = &mut (*r).headers_out;
@@ -118,7 +118,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
                 out.content_length_n = PAGE_503.len() as _;
                 out.content_length = null_mut();
             } else {
-                ctx.refused = false;
+                ctx.clear_refused();
             }
         }
         match *addr_of_mut!(NEXT_HEADER_FILTER) {
@@ -137,14 +137,13 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
             None => return Status::NGX_ERROR.0,
         };
         let Some(ctx) = request_ctx(r) else { return next(r, chain) };
-        if !ctx.refused {
+        if !ctx.refused() {
             return next(r, chain);
         }
-        if ctx.page_sent {
+        if ctx.take_page_sent() {
             // The rest of nginx's 502 page: already replaced.
             return next(r, null_mut());
         }
-        ctx.page_sent = true;
         let pool = (*r).pool;
         let buf = ngx_pcalloc(pool, size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
         let link = ngx_pcalloc(pool, size_of::<ngx_chain_t>()).cast::<ngx_chain_t>();
