@@ -17,8 +17,8 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pool_cleanup_add,
-    ngx_peer_connection_t, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t,
+    ngx_pool_cleanup_add, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModule, HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
@@ -29,7 +29,7 @@ use crate::peers::{self, PeersLock};
 use crate::route::{
     first_usable, reverse_route, Route, RouteChooser, RouteId, RouteMode, RouteTable, SessionRoute,
 };
-use crate::session::{cookie_values, path_parameter, query_parameter};
+use crate::session::{named_cookie_values, path_parameter, query_parameter};
 use crate::stats::{ServerCounter, UpstreamCounter};
 use crate::upstream::{self, PeerInfo, PeerRoutes};
 use crate::Module;
@@ -375,6 +375,39 @@ unsafe extern "C" fn init_peer(
     rc
 }
 
+/// The values of the request's first `MAX_COOKIE_LINES` `Cookie` header lines.
+///
+/// # Safety
+/// `r` must be a live request; the values live as long as it.
+#[cfg(nginx1_23_0)]
+unsafe fn cookie_lines<'r>(r: *mut ngx_http_request_t) -> impl Iterator<Item = &'r [u8]> {
+    // SAFETY: per the function contract: a NULL-terminated list of header lines.
+    let first = unsafe { (*r).headers_in.cookie };
+    std::iter::successors(first.as_ref(), |h| {
+        // SAFETY: as above.
+        unsafe { h.next.as_ref() }
+    })
+    .take(MAX_COOKIE_LINES)
+    // SAFETY: a header line's value lives as long as the request.
+    .map(|h| unsafe { str_bytes_for::<'r>(h.value) })
+}
+
+/// The values of the request's first `MAX_COOKIE_LINES` `Cookie` header lines.
+///
+/// # Safety
+/// `r` must be a live request; the values live as long as it.
+#[cfg(not(nginx1_23_0))]
+unsafe fn cookie_lines<'r>(r: *mut ngx_http_request_t) -> impl Iterator<Item = &'r [u8]> {
+    // SAFETY: per the function contract: an array of header line pointers.
+    let lines: &'r [*mut ngx::ffi::ngx_table_elt_t] = unsafe { (*r).headers_in.cookies.as_slice() };
+    lines
+        .iter()
+        .take(MAX_COOKIE_LINES)
+        // SAFETY: every element is a header line of the request, alive as long as it; so is
+        // its value.
+        .filter_map(|&h| unsafe { h.as_ref().map(|h| str_bytes_for::<'r>(h.value)) })
+}
+
 /// The request's candidate session ids, in priority order (cookies, then the URL's path
 /// parameter, then its query), reduced to a route.
 ///
@@ -385,36 +418,27 @@ unsafe fn find_session<'r>(
     jvm_route: &'r JvmRoute,
     table: &RouteTable,
 ) -> SessionRoute<'r> {
-    let mut lines = [ngx_str_t { len: 0, data: std::ptr::null_mut() }; MAX_COOKIE_LINES];
-    let mut value = ngx_str_t { len: 0, data: std::ptr::null_mut() };
-    let mut cookie_name: &[u8] = &[];
-    let line_count = match &jvm_route.source {
-        SessionSource::Cookie(name) => {
-            cookie_name = name;
-            // SAFETY: `lines` has room for MAX_COOKIE_LINES values.
-            let n = unsafe {
-                peers::ngx_http_jvm_route_cookie_lines(r, lines.as_mut_ptr(), MAX_COOKIE_LINES)
-            };
-            n.min(MAX_COOKIE_LINES)
-        }
-        SessionSource::Value(cv) => {
-            // SAFETY: `cv` was compiled at startup; `value` receives pool memory of `r`.
-            if unsafe { ngx::ffi::ngx_http_complex_value(r, *cv, &mut value) } != Status::NGX_OK.0 {
-                value.len = 0;
-            }
-            0
-        }
-    };
-
     // Candidates in priority order; the URL is searched only when no cookie named a route.
     let mut chooser = RouteChooser::new(table);
+    let mut value = ngx_str_t { len: 0, data: std::ptr::null_mut() };
     // SAFETY: the header lines, the complex value (request pool), the raw URI and the
     // arguments all live in the request's memory for as long as the request.
     unsafe {
-        for line in &lines[..line_count] {
-            for id in cookie_values(str_bytes_for::<'r>(*line), cookie_name) {
-                if let Some(known) = chooser.offer(id) {
-                    return known;
+        match &jvm_route.source {
+            SessionSource::Cookie(name) => {
+                // The configuration checked the name (`$cookie_NAME`).
+                for line in cookie_lines::<'r>(r) {
+                    for id in named_cookie_values(line, name) {
+                        if let Some(known) = chooser.offer(id) {
+                            return known;
+                        }
+                    }
+                }
+            }
+            SessionSource::Value(cv) => {
+                // `cv` was compiled at startup; `value` receives pool memory of `r`.
+                if ngx::ffi::ngx_http_complex_value(r, *cv, &mut value) != Status::NGX_OK.0 {
+                    value.len = 0;
                 }
             }
         }
@@ -455,11 +479,11 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         }
     };
 
-    if let (Some(routes), Some(route)) = (routes, pd.route().and_then(|id| routes?.table.route(id))) {
+    if let (Some(routes), Some(route)) = (routes, pd.route().and_then(|id| routes?.table.route(id)))
+    {
         // SAFETY: the wrapped data begins with round robin's.
-        if let Some(peer) = unsafe { pick_sticky_peer(pc_ref, pd, routes, route) } {
+        if let Some(slot) = unsafe { pick_sticky_peer(pc_ref, pd, routes, route) } {
             pd.ctx.outcome = Outcome::Hit;
-            let slot = routes.slot_of(peer);
             count(slot, ServerCounter::Requests);
             count(slot, ServerCounter::Hits);
             return Status::NGX_OK.0;
@@ -547,12 +571,8 @@ unsafe fn pick_consistent_peer(
     if list.is_null() || list != routes.list {
         return None;
     }
-    // SAFETY: `list` is the request's current peer list.
-    let _lock = unsafe { PeersLock::write(list) };
-    // SAFETY: the list is locked.
-    if unsafe { peers::is_stale(rrp) } {
-        return None;
-    }
+    // SAFETY: `rrp` is the request's round-robin data, with its current peer list.
+    let _lock = unsafe { PeersLock::write_current(rrp) }?;
     let now = ngx_time();
     let session = str_bytes(&pd.ctx.session);
     // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
@@ -568,8 +588,9 @@ unsafe fn pick_consistent_peer(
     Some(peer)
 }
 
-/// Takes a usable peer of the request's route, as round robin would take it. A route that
-/// names only backup servers is honoured only when no primary server is usable.
+/// Takes a usable peer of the request's route, as round robin would take it, and tells its
+/// statistics slot. A route that names only backup servers is honoured only when no primary
+/// server is usable.
 ///
 /// # Safety
 /// `pd` must be this request's PeerData and `pc` its peer connection.
@@ -578,21 +599,16 @@ unsafe fn pick_sticky_peer(
     pd: &PeerData,
     routes: &PeerRoutes,
     route: &Route,
-) -> Option<*mut ngx_http_upstream_rr_peer_t> {
+) -> Option<Option<usize>> {
     // SAFETY: every stock balancer's peer data begins with round robin's.
     let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
     let list = rrp.peers;
     if list.is_null() {
         return None;
     }
-    // SAFETY: `list` is the request's current peer list.
-    let lock = unsafe { PeersLock::write(list) };
-    // SAFETY: the list is locked.
-    if unsafe { peers::is_stale(rrp) } {
-        return None;
-    }
+    // SAFETY: `rrp` is the request's round-robin data, with its current peer list.
+    let lock = unsafe { PeersLock::write_current(rrp) }?;
     let now = ngx_time();
-    let stats = routes.stats.as_ref();
     // SAFETY: `list` is valid; `next` is null or the backup list.
     let backup_list = unsafe { (*list).next };
 
@@ -612,7 +628,7 @@ unsafe fn pick_sticky_peer(
             // SAFETY: `infos` holds the locked list's peers; `tried` has a bit for each.
             unsafe {
                 !peers::is_tried(rrp, index)
-                    && peers::is_usable(&*info.peer, routes.is_down_for_sessions(info, stats), now)
+                    && peers::is_usable(&*info.peer, routes.is_down_for_sessions(info), now)
             }
         })
     };
@@ -620,10 +636,10 @@ unsafe fn pick_sticky_peer(
     let start = routes.cursor.get();
     routes.cursor.set(start.wrapping_add(1));
     if let Some(index) = first_usable(candidates, start, |i| for_session(rrp, infos, i)) {
-        let peer = infos[index as usize].peer;
+        let info = &infos[index as usize];
         // SAFETY: the list is write-locked and holds the peer at `index`.
-        unsafe { peers::take(pc, rrp, peer, index as usize, now) };
-        return Some(peer);
+        unsafe { peers::take(pc, rrp, info.peer, index as usize, now) };
+        return Some(info.slot);
     }
 
     if list != routes.list || route.backup.is_empty() || backup_list.is_null() {
@@ -649,10 +665,10 @@ unsafe fn pick_sticky_peer(
     // SAFETY: `backup_list` is valid for the cycle.
     let _backup_lock = unsafe { PeersLock::write(backup_list) };
     let index = first_usable(&route.backup, start, |i| for_session(rrp, &routes.backup, i))?;
-    let peer = routes.backup[index as usize].peer;
+    let info = &routes.backup[index as usize];
     // SAFETY: the backup list is write-locked and holds the peer at `index`.
-    unsafe { peers::take(pc, rrp, peer, index as usize, now) };
-    Some(peer)
+    unsafe { peers::take(pc, rrp, info.peer, index as usize, now) };
+    Some(info.slot)
 }
 
 /// `free`: counts a failed attempt, then the wrapped method settles it (failures, `conns`,

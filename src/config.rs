@@ -93,6 +93,8 @@ pub struct MainConf {
     pub zone: Option<std::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
     /// The upstreams with `jvm_route`, in statistics order.
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// Whether some upstream refuses requests (`failover=off`): the 503 filter is needed.
+    pub refusing: bool,
     /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
     status_names: Vec<(Box<[u8]>, String, usize)>,
 }
@@ -712,6 +714,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             }
             slots += count;
         }
+        main.refusing |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off);
         main.upstreams.push(uscf_ptr);
     }
 

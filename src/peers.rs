@@ -4,7 +4,7 @@
 
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_peer_connection_t, ngx_str_t, ngx_uint_t, time_t,
+    ngx_http_upstream_srv_conf_t, ngx_peer_connection_t, ngx_uint_t, time_t,
 };
 
 extern "C" {
@@ -16,12 +16,12 @@ extern "C" {
         peer: *mut ngx_http_upstream_rr_peer_t,
     );
     fn ngx_http_jvm_route_peers_generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t;
-    fn ngx_http_jvm_route_peers_stale(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> ngx_uint_t;
-    /// Copies up to `max` Cookie header values of `r` into `out`; returns how many there are.
-    pub fn ngx_http_jvm_route_cookie_lines(
-        r: *mut ngx::ffi::ngx_http_request_t,
-        out: *mut ngx_str_t,
-        max: ngx_uint_t,
+    fn ngx_http_jvm_route_peers_locked_generation(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+    ) -> ngx_uint_t;
+    fn ngx_http_jvm_route_peers_can_change(us: *mut ngx_http_upstream_srv_conf_t) -> ngx_uint_t;
+    fn ngx_http_jvm_route_peers_wlock_current(
+        rrp: *mut ngx_http_upstream_rr_peer_data_t,
     ) -> ngx_uint_t;
 }
 
@@ -61,6 +61,20 @@ impl PeersLock {
     }
 }
 
+impl PeersLock {
+    /// Takes the write lock of the request's peer list, unless the request's view of it is
+    /// stale (round robin answers `NGX_BUSY` then, and so must the caller).
+    ///
+    /// # Safety
+    /// `rrp` must be the request's round-robin data, with a valid peer list.
+    pub unsafe fn write_current(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> Option<Self> {
+        // SAFETY: per the function contract.
+        let locked = unsafe { ngx_http_jvm_route_peers_wlock_current(rrp) } != 0;
+        // SAFETY: as above.
+        locked.then(|| PeersLock(unsafe { (*rrp).peers }))
+    }
+}
+
 impl Drop for PeersLock {
     fn drop(&mut self) {
         // SAFETY: the lock was taken on this list in `read` or `write`.
@@ -77,13 +91,19 @@ pub unsafe fn generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t
     unsafe { ngx_http_jvm_route_peers_generation(peers) }
 }
 
-/// Whether the request's round-robin data is older than its peer list.
+/// Whether the upstream's peer list can change at run time (it is in a zone).
+pub fn can_change(us: &ngx_http_upstream_srv_conf_t) -> bool {
+    // SAFETY: reads one field of a valid configuration.
+    unsafe { ngx_http_jvm_route_peers_can_change(std::ptr::from_ref(us).cast_mut()) != 0 }
+}
+
+/// The list's generation, read under its read lock.
 ///
 /// # Safety
-/// `rrp` must be valid and its list locked.
-pub unsafe fn is_stale(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> bool {
+/// `peers` must be a valid peer list of a running upstream.
+pub unsafe fn locked_generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t {
     // SAFETY: per the function contract.
-    unsafe { ngx_http_jvm_route_peers_stale(rrp) != 0 }
+    unsafe { ngx_http_jvm_route_peers_locked_generation(peers) }
 }
 
 /// The peers of a list, in order.

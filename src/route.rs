@@ -79,14 +79,53 @@ impl Hasher for FastHasher {
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// srun_id -> peers, for one upstream's peer lists.
+///
+/// The srun_ids are found through an open-addressing table of route ids, at most half full,
+/// hashed with [`key_hash`]: a lookup is a hash of the few bytes of the route, one or two probes
+/// and one comparison, whatever the number of servers. Only the configuration's srun_ids decide
+/// the table's shape, so hostile session ids cannot make lookups longer.
 #[derive(Debug)]
 pub struct RouteTable {
     mode: RouteMode,
-    by_name: FastMap<Box<[u8]>, RouteId>,
+    /// Route id + 1 per slot, 0 for an empty slot; the length is a power of two.
+    slots: Vec<u32>,
     routes: Vec<Route>,
     /// Distinct srun_id lengths, longest first: prefix mode probes each once.
     lengths: Vec<usize>,
     longest: usize,
+}
+
+/// The hash of a table key: its first and last eight bytes (overlapping for short keys; every
+/// byte of a longer key), its length, multiplied through. Cheap for the short keys routes are.
+pub fn key_hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let len = key.len();
+    let word = |at: usize, n: usize| {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&key[at..at + n]);
+        u64::from_le_bytes(b)
+    };
+    let (first, last) = match len {
+        0 => (0, 0),
+        1..=3 => {
+            let v =
+                u64::from(key[0]) | u64::from(key[len / 2]) << 8 | u64::from(key[len - 1]) << 16;
+            (v, 0)
+        }
+        4..=7 => (word(0, 4), word(len - 4, 4)),
+        _ => {
+            let mut h = word(0, 8);
+            let mut at = 8;
+            while at + 8 < len {
+                h = (h ^ word(at, 8)).wrapping_mul(K).rotate_left(31);
+                at += 8;
+            }
+            (h, word(len - 8, 8))
+        }
+    };
+    let h = (first ^ (len as u64).rotate_left(56)).wrapping_mul(K) ^ last;
+    let h = h.wrapping_mul(K);
+    h ^ (h >> 32)
 }
 
 impl RouteTable {
@@ -98,20 +137,15 @@ impl RouteTable {
     ) -> Self {
         let mut table = RouteTable {
             mode,
-            by_name: FastMap::default(),
+            slots: vec![0; 2],
             routes: Vec::new(),
             lengths: Vec::new(),
             longest: 0,
         };
         for (srun_id, list, index) in peers {
-            let id = match table.by_name.get(srun_id) {
-                Some(&id) => id,
-                None => {
-                    let id = table.routes.len() as RouteId;
-                    table.routes.push(Route { srun_id: srun_id.into(), ..Route::default() });
-                    table.by_name.insert(srun_id.into(), id);
-                    id
-                }
+            let id = match table.find(srun_id) {
+                Some(id) => id,
+                None => table.insert(srun_id),
             };
             let route = &mut table.routes[id as usize];
             match list {
@@ -126,6 +160,46 @@ impl RouteTable {
         table
     }
 
+    fn insert(&mut self, srun_id: &[u8]) -> RouteId {
+        let id = self.routes.len() as RouteId;
+        self.routes.push(Route { srun_id: srun_id.into(), ..Route::default() });
+        if self.routes.len() * 2 > self.slots.len() {
+            let mut slots = vec![0; self.slots.len() * 2];
+            for (i, route) in self.routes.iter().enumerate() {
+                let at = Self::free_slot(&slots, &route.srun_id);
+                slots[at] = i as u32 + 1;
+            }
+            self.slots = slots;
+        } else {
+            let at = Self::free_slot(&self.slots, srun_id);
+            self.slots[at] = id + 1;
+        }
+        id
+    }
+
+    fn free_slot(slots: &[u32], key: &[u8]) -> usize {
+        let mask = slots.len() - 1;
+        let mut at = key_hash(key) as usize & mask;
+        while slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
+    /// The route whose srun_id is exactly `key`.
+    fn find(&self, key: &[u8]) -> Option<RouteId> {
+        let mask = self.slots.len() - 1;
+        let mut at = key_hash(key) as usize & mask;
+        // The table is at most half full: an empty slot ends every probe sequence.
+        loop {
+            let id = self.slots.get(at).copied().unwrap_or(0).checked_sub(1)?;
+            if self.routes.get(id as usize).is_some_and(|r| *r.srun_id == *key) {
+                return Some(id);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
     /// The route a session id names, if this table knows it.
     pub fn lookup(&self, session_id: &[u8]) -> Option<RouteId> {
         match self.mode {
@@ -134,13 +208,13 @@ impl RouteTable {
                 if route.is_empty() || route.len() > self.longest {
                     return None;
                 }
-                self.by_name.get(route).copied()
+                self.find(route)
             }
             RouteMode::Prefix => self
                 .lengths
                 .iter()
                 .filter(|&&len| len <= session_id.len())
-                .find_map(|&len| self.by_name.get(&session_id[..len]).copied()),
+                .find_map(|&len| self.find(&session_id[..len])),
         }
     }
 
@@ -173,7 +247,7 @@ impl RouteTable {
 
 /// The route a session id names in `reverse` mode: the text after its first `.`.
 pub fn reverse_route(session_id: &[u8]) -> Option<&[u8]> {
-    memchr::memchr(b'.', session_id).map(|dot| &session_id[dot + 1..])
+    crate::session::find_byte(b'.', session_id).map(|dot| &session_id[dot + 1..])
 }
 
 /// What a request's session ids say, taken together.

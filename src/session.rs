@@ -10,30 +10,123 @@ const URL_VALUE_END: &[u8] = b";?&/#";
 /// spaces and tabs, and one pair of surrounding double quotes is removed (RFC 6265 allows a
 /// quoted cookie value; the original module never matched one). Empty values are skipped.
 pub fn cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    let mut rest = Some(header);
+    named_cookie_values(if can_name_cookies(name) { header } else { &[] }, name)
+}
+
+/// Whether `name` can name a cookie: no ';' or '=' in it, no space or tab at its ends.
+pub fn can_name_cookies(name: &[u8]) -> bool {
+    !name.iter().any(|&b| b == b';' || b == b'=')
+        && name.first().is_none_or(|&b| !is_space(b))
+        && name.last().is_none_or(|&b| !is_space(b))
+}
+
+/// [`cookie_values`] for a name checked once with [`can_name_cookies`] (the configuration's),
+/// without checking it again for every header line.
+pub fn named_cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    let mut rest = header;
     std::iter::from_fn(move || {
-        while let Some(current) = rest {
-            let (pair, next) = match memchr::memchr(b';', current) {
-                Some(semi) => (&current[..semi], Some(&current[semi + 1..])),
-                None => (current, None),
-            };
-            rest = next;
-            if let Some(value) = cookie_value(pair, name) {
-                return Some(value);
+        while !rest.is_empty() {
+            let pair = rest;
+            let value_at = named_value_start(pair, name);
+            let from = value_at.unwrap_or(0);
+            let end = find_byte(b';', &pair[from..]).map_or(pair.len(), |i| from + i);
+            rest = pair.get(end + 1..).unwrap_or_default();
+            if let Some(at) = value_at {
+                let value = unquote(trim(&pair[at..end]));
+                if !value.is_empty() {
+                    return Some(value);
+                }
             }
         }
         None
     })
 }
 
-/// The value of one `name=value` pair of a Cookie header, if it has the wanted name.
-fn cookie_value<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let eq = memchr::memchr(b'=', pair)?;
-    if !trim(&pair[..eq]).eq_ignore_ascii_case(name) {
+/// Where the value starts if `pair` (a header line from the start of a cookie pair on) begins
+/// with `name=`, spaces and tabs allowed around the name.
+fn named_value_start(pair: &[u8], name: &[u8]) -> Option<usize> {
+    let start = pair.iter().position(|&b| !is_space(b))?;
+    let candidate = pair.get(start..start + name.len())?;
+    // The usual case first: the name as configured; then the same name in another case.
+    if candidate != name && !candidate.eq_ignore_ascii_case(name) {
         return None;
     }
-    let value = unquote(trim(&pair[eq + 1..]));
-    (!value.is_empty()).then_some(value)
+    let after = start + name.len();
+    let eq = after + pair[after..].iter().position(|&b| !is_space(b))?;
+    (pair[eq] == b'=').then_some(eq + 1)
+}
+
+/// The index of the first `needle` in `haystack`. On x86-64, sixteen bytes at a time with
+/// SSE2 (always there): `memchr::memchr` chooses its method at run time and aligns its loads,
+/// which costs more than it saves on haystacks as short as cookie pairs and session ids.
+#[cfg(target_arch = "x86_64")]
+pub fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    let len = haystack.len();
+    if len < 16 {
+        return find_byte_by_words(needle, haystack);
+    }
+    // The first `needle` in the sixteen bytes at `at`.
+    let first = |at: usize| {
+        debug_assert!(at + 16 <= len);
+        // SAFETY: SSE2 is part of x86-64; callers pass `at + 16 <= len`, so the unaligned
+        // load reads inside `haystack`.
+        let mask = unsafe {
+            let chunk = _mm_loadu_si128(haystack.as_ptr().add(at).cast::<__m128i>());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(chunk, _mm_set1_epi8(needle as i8)))
+        };
+        (mask != 0).then(|| at + mask.trailing_zeros() as usize)
+    };
+    let mut at = 0;
+    while at + 16 <= len {
+        if let Some(found) = first(at) {
+            return Some(found);
+        }
+        at += 16;
+    }
+    // The last sixteen bytes: nothing matched in the part already searched.
+    if at < len {
+        first(len - 16)
+    } else {
+        None
+    }
+}
+
+/// The index of the first `needle` in `haystack`, eight bytes at a time.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+    find_byte_by_words(needle, haystack)
+}
+
+/// The index of the first `needle` in `haystack`, eight bytes at a time.
+pub fn find_byte_by_words(needle: u8, haystack: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(needle);
+    // The lowest byte of the word equal to `needle`, exactly (the borrow of the subtraction can
+    // only mark bytes above a true match).
+    let first = |chunk: &[u8]| {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ pattern;
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        (found != 0).then(|| (found.trailing_zeros() / 8) as usize)
+    };
+    let len = haystack.len();
+    if len < 8 {
+        return haystack.iter().position(|&b| b == needle);
+    }
+    let mut chunks = haystack.chunks_exact(8);
+    for (k, chunk) in (&mut chunks).enumerate() {
+        if let Some(i) = first(chunk) {
+            return Some(k * 8 + i);
+        }
+    }
+    if chunks.remainder().is_empty() {
+        return None;
+    }
+    // The last eight bytes: nothing matched in the part already searched.
+    first(&haystack[len - 8..]).map(|i| len - 8 + i)
 }
 
 /// The value of the path parameter `;name=value` in the path part of a raw request URI.
@@ -75,10 +168,13 @@ fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> 
     }
 }
 
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 fn trim(s: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = s.iter().position(|b| !is_space(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
+    let start = s.iter().position(|&b| !is_space(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !is_space(b)).map_or(start, |i| i + 1);
     &s[start..end]
 }
 
@@ -123,6 +219,26 @@ mod tests {
         assert!(cookies(";;;=;", "JSESSIONID").is_empty());
         assert!(cookies("", "JSESSIONID").is_empty());
         assert_eq!(cookies("JSESSIONID=a=b.c", "JSESSIONID"), [b"a=b.c"]);
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_one_at_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut hay = vec![b'x'; len];
+                hay[at] = b';';
+                if at + 3 < len {
+                    hay[at + 3] = b';';
+                }
+                assert_eq!(find_byte(b';', &hay), Some(at), "len {len} at {at}");
+                assert_eq!(find_byte_by_words(b';', &hay), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_byte(b';', &vec![b'x'; len]), None);
+        }
+        // Bytes just above and below the needle, and 0x80 (the borrow trick's edge).
+        assert_eq!(find_byte(b';', b"\x80\xbb:<\x00\xff\x3b"), Some(6));
+        assert_eq!(find_byte(0, b"abcdefgh\x00"), Some(8));
+        assert_eq!(find_byte(0x80, b"\x7f\x81\x00\x80"), Some(3));
     }
 
     #[test]
@@ -182,6 +298,40 @@ mod tests {
                 let _ = cookie_values(&data, &name).count();
                 let _ = path_parameter(&data, &name);
                 let _ = query_parameter(&data, &name);
+            }
+
+            #[test]
+            fn cookie_values_agree_with_the_plain_definition(
+                header in proptest::collection::vec(
+                    prop_oneof![Just(b';'), Just(b'='), Just(b' '), Just(b'\t'), Just(b'"'),
+                                Just(b'j'), Just(b'J'), Just(b'x'), any::<u8>()],
+                    0..120,
+                ),
+                name in prop_oneof![Just(b"j".to_vec()), Just(b"jJ".to_vec()), Just(Vec::new()),
+                                    proptest::collection::vec(any::<u8>(), 0..4)],
+            ) {
+                // Split at every ';', cut each pair at its first '=', trim, compare.
+                let plain: Vec<&[u8]> = header
+                    .split(|&b| b == b';')
+                    .filter_map(|pair| {
+                        let eq = pair.iter().position(|&b| b == b'=')?;
+                        trim(&pair[..eq]).eq_ignore_ascii_case(&name).then_some(&pair[eq + 1..])
+                    })
+                    .map(|v| unquote(trim(v)))
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                let found: Vec<&[u8]> = cookie_values(&header, &name).collect();
+                prop_assert_eq!(found, plain);
+            }
+
+            #[test]
+            fn find_byte_agrees_with_a_plain_search(
+                hay in proptest::collection::vec(any::<u8>(), 0..100),
+                needle in any::<u8>(),
+            ) {
+                let plain = hay.iter().position(|&b| b == needle);
+                prop_assert_eq!(find_byte(needle, &hay), plain);
+                prop_assert_eq!(find_byte_by_words(needle, &hay), plain);
             }
 
             #[test]

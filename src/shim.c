@@ -87,38 +87,43 @@ ngx_http_jvm_route_peers_stale(ngx_http_upstream_rr_peer_data_t *rrp)
 }
 
 
-/* Copies up to `max` values of the request's Cookie header lines into `out`
- * and returns how many there were in all. */
+/* The generation of the peer list, read under its read lock. */
 ngx_uint_t
-ngx_http_jvm_route_cookie_lines(ngx_http_request_t *r, ngx_str_t *out,
-    ngx_uint_t max)
+ngx_http_jvm_route_peers_locked_generation(ngx_http_upstream_rr_peers_t *peers)
 {
-    ngx_uint_t        n;
-#if (nginx_version >= 1023000)
-    ngx_table_elt_t  *h;
+    ngx_uint_t  generation;
 
-    n = 0;
+    ngx_http_upstream_rr_peers_rlock(peers);
+    generation = ngx_http_jvm_route_peers_generation(peers);
+    ngx_http_upstream_rr_peers_unlock(peers);
 
-    for (h = r->headers_in.cookie; h; h = h->next) {
-        if (n < max) {
-            out[n] = h->value;
-        }
+    return generation;
+}
 
-        n++;
+
+/* Takes the write lock of the request's peer list, unless the request's view
+ * of the peers is stale: then returns 0 without the lock. */
+ngx_uint_t
+ngx_http_jvm_route_peers_wlock_current(ngx_http_upstream_rr_peer_data_t *rrp)
+{
+    ngx_http_upstream_rr_peers_wlock(rrp->peers);
+
+    if (ngx_http_jvm_route_peers_stale(rrp)) {
+        ngx_http_upstream_rr_peers_unlock(rrp->peers);
+        return 0;
     }
 
+    return 1;
+}
+
+
+/* Whether the upstream's peer list can change at run time (it is in a zone). */
+ngx_uint_t
+ngx_http_jvm_route_peers_can_change(ngx_http_upstream_srv_conf_t *us)
+{
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    return us->shm_zone != NULL;
 #else
-    ngx_uint_t        i;
-    ngx_table_elt_t **h;
-
-    h = r->headers_in.cookies.elts;
-    n = r->headers_in.cookies.nelts;
-
-    for (i = 0; i < n && i < max; i++) {
-        out[i] = h[i]->value;
-    }
-
+    return 0;
 #endif
-
-    return n;
 }

@@ -29,6 +29,8 @@ pub struct PeerInfo {
     pub slot: Option<usize>,
     /// `down` in the configuration.
     pub config_down: bool,
+    /// The runtime `down` mark, as last applied.
+    pub marked_down: Cell<bool>,
 }
 
 /// The route table of one peer list, with the peers it indexes.
@@ -37,6 +39,8 @@ pub struct PeerRoutes {
     pub table: RouteTable,
     /// The primary list this view was built from.
     pub list: *mut ngx_http_upstream_rr_peers_t,
+    /// Whether the list can change at run time (a zone's resolver); else it never does.
+    can_change: bool,
     /// That list's generation when the view was built.
     generation: ngx_uint_t,
     /// Counts rebuilds, so that a request can tell its route id belongs to an older table.
@@ -71,11 +75,9 @@ impl PeerRoutes {
 
     /// Whether the session of a route may go to this peer now: the configuration's `down` and
     /// the runtime `down` mark keep it away, a drain mark does not.
-    pub fn is_down_for_sessions(&self, info: &PeerInfo, stats: Option<&Stats>) -> bool {
+    pub fn is_down_for_sessions(&self, info: &PeerInfo) -> bool {
         match info.slot {
-            Some(slot) => {
-                info.config_down || stats.is_some_and(|s| s.state(slot) & STATE_DOWN != 0)
-            }
+            Some(_) => info.config_down || info.marked_down.get(),
             // SAFETY: the peer belongs to the list the caller has locked.
             None => peers::is_down(unsafe { &*info.peer }),
         }
@@ -84,7 +86,15 @@ impl PeerRoutes {
     /// Brings the peers' `down` flags in line with the runtime marks, if they changed since
     /// this worker last looked: a drained or downed server is skipped by the balancing method
     /// (`down`), and the configuration's `down` always stays.
+    #[inline]
     pub fn apply_marks(&self, stats: &Stats) {
+        if self.applied.get() != Some(stats.generation()) {
+            self.apply_changed_marks(stats);
+        }
+    }
+
+    #[cold]
+    fn apply_changed_marks(&self, stats: &Stats) {
         let generation = stats.generation();
         if self.applied.get() == Some(generation) {
             return;
@@ -102,6 +112,7 @@ impl PeerRoutes {
                     continue;
                 }
                 let marks = stats.state(slot);
+                info.marked_down.set(marks & STATE_DOWN != 0);
                 let down = if marks & STATE_DOWN != 0 {
                     1
                 } else if marks & STATE_DRAIN != 0 {
@@ -131,11 +142,15 @@ pub fn current<'a>(
     if list.is_null() {
         return None;
     }
-    // SAFETY: `list` is the upstream's peer list; reading its generation needs the read lock.
-    let generation = unsafe {
-        let _lock = PeersLock::read(list);
-        peers::generation(list)
-    };
+    // SAFETY: worker processes are single-threaded and no reference into the cell outlives a
+    // callback, so this is the only access.
+    let built = unsafe { (*ucf.routes.get()).as_ref() };
+    // Without a zone the peer list never changes once built.
+    if let Some(view) = built.filter(|v| !v.can_change && v.list == list) {
+        return Some(view);
+    }
+    // SAFETY: `list` is the upstream's peer list.
+    let generation = unsafe { peers::locked_generation(list) };
     // SAFETY: worker processes are single-threaded and no reference into the cell outlives a
     // callback, so this is the only access.
     let slot = unsafe { &mut *ucf.routes.get() };
@@ -192,7 +207,13 @@ unsafe fn build(
                 slot_of.insert(peer as usize, slot);
             }
             let config_down = server.is_some_and(|i| servers[i].down != 0);
-            infos.push(PeerInfo { peer, srun_id, slot, config_down });
+            infos.push(PeerInfo {
+                peer,
+                srun_id,
+                slot,
+                config_down,
+                marked_down: Cell::new(false),
+            });
         }
         infos
     };
@@ -205,6 +226,7 @@ unsafe fn build(
     PeerRoutes {
         table: RouteTable::build(mode, entries.iter().map(|(id, kind, i)| (&id[..], *kind, *i))),
         list,
+        can_change: peers::can_change(us),
         // SAFETY: the list is read-locked.
         generation: unsafe { peers::generation(list) },
         stamp,

@@ -15,7 +15,7 @@ use ngx::ffi::{
     ngx_http_top_header_filter, ngx_http_variable_value_t, ngx_int_t, ngx_pcalloc, ngx_str_t,
     ngx_uint_t, NGX_HTTP_VAR_NOCACHEABLE,
 };
-use ngx::http::HttpModule;
+use ngx::http::{HttpModule, HttpModuleMainConf};
 
 use crate::balancer::RequestCtx;
 use crate::Module;
@@ -90,11 +90,17 @@ unsafe extern "C" fn get_variable(
     Status::NGX_OK.0
 }
 
-/// `postconfiguration`: installs the header and body filters.
+/// `postconfiguration`: installs the header and body filters, if an upstream has
+/// `failover=off`.
 ///
 /// # Safety
 /// Called by nginx once per configuration, single-threaded.
-pub unsafe extern "C" fn add_filters(_cf: *mut ngx_conf_t) -> ngx_int_t {
+pub unsafe extern "C" fn add_filters(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // Only a configuration with `failover=off` needs them: other requests pay nothing.
+    // SAFETY: `cf` is the configuration being read, in the http block.
+    if !unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.refusing) {
+        return Status::NGX_OK.0;
+    }
     // SAFETY: nginx builds the filter chains at this point, one module after another.
     unsafe {
         NEXT_HEADER_FILTER = ngx_http_top_header_filter;
