@@ -484,8 +484,9 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         // SAFETY: the wrapped data begins with round robin's.
         if let Some(slot) = unsafe { pick_sticky_peer(pc_ref, pd, routes, route) } {
             pd.ctx.outcome = Outcome::Hit;
-            count(slot, ServerCounter::Requests);
-            count(slot, ServerCounter::Hits);
+            if let (Some(stats), Some(slot)) = (stats, slot) {
+                stats.count_both(slot, ServerCounter::Requests, ServerCounter::Hits);
+            }
             return Status::NGX_OK.0;
         }
         if pd.ctx.flags & FAILED_OVER == 0 {
@@ -572,7 +573,7 @@ unsafe fn pick_consistent_peer(
         return None;
     }
     // SAFETY: `rrp` is the request's round-robin data, with its current peer list.
-    let _lock = unsafe { PeersLock::write_current(rrp) }?;
+    let _lock = unsafe { PeersLock::write_current(rrp, routes.can_change()) }?;
     let now = ngx_time();
     let session = str_bytes(&pd.ctx.session);
     // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
@@ -607,7 +608,7 @@ unsafe fn pick_sticky_peer(
         return None;
     }
     // SAFETY: `rrp` is the request's round-robin data, with its current peer list.
-    let lock = unsafe { PeersLock::write_current(rrp) }?;
+    let lock = unsafe { PeersLock::write_current(rrp, routes.can_change()) }?;
     let now = ngx_time();
     // SAFETY: `list` is valid; `next` is null or the backup list.
     let backup_list = unsafe { (*list).next };
@@ -633,9 +634,19 @@ unsafe fn pick_sticky_peer(
         })
     };
 
-    let start = routes.cursor.get();
-    routes.cursor.set(start.wrapping_add(1));
-    if let Some(index) = first_usable(candidates, start, |i| for_session(rrp, infos, i)) {
+    // Where a pick among `n` candidates starts: peers that share a route take turns; a route
+    // of one peer leaves the cursor alone.
+    let turn = |n: usize| {
+        if n < 2 {
+            return 0;
+        }
+        let start = routes.cursor.get();
+        routes.cursor.set(start.wrapping_add(1));
+        start
+    };
+    if let Some(index) =
+        first_usable(candidates, turn(candidates.len()), |i| for_session(rrp, infos, i))
+    {
         let info = &infos[index as usize];
         // SAFETY: the list is write-locked and holds the peer at `index`.
         unsafe { peers::take(pc, rrp, info.peer, index as usize, now) };
@@ -664,6 +675,7 @@ unsafe fn pick_sticky_peer(
 
     // SAFETY: `backup_list` is valid for the cycle.
     let _backup_lock = unsafe { PeersLock::write(backup_list) };
+    let start = turn(route.backup.len());
     let index = first_usable(&route.backup, start, |i| for_session(rrp, &routes.backup, i))?;
     let info = &routes.backup[index as usize];
     // SAFETY: the backup list is write-locked and holds the peer at `index`.

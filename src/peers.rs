@@ -63,11 +63,20 @@ impl PeersLock {
 
 impl PeersLock {
     /// Takes the write lock of the request's peer list, unless the request's view of it is
-    /// stale (round robin answers `NGX_BUSY` then, and so must the caller).
+    /// stale (round robin answers `NGX_BUSY` then, and so must the caller). A list that cannot
+    /// change (`can_change` false: no zone) has no lock and is never stale: nothing to do.
     ///
     /// # Safety
-    /// `rrp` must be the request's round-robin data, with a valid peer list.
-    pub unsafe fn write_current(rrp: *mut ngx_http_upstream_rr_peer_data_t) -> Option<Self> {
+    /// `rrp` must be the request's round-robin data, with a valid peer list; `can_change` must
+    /// be [`can_change`] of its upstream.
+    #[inline]
+    pub unsafe fn write_current(
+        rrp: *mut ngx_http_upstream_rr_peer_data_t,
+        can_change: bool,
+    ) -> Option<Self> {
+        if !can_change {
+            return Some(PeersLock(std::ptr::null_mut()));
+        }
         // SAFETY: per the function contract.
         let locked = unsafe { ngx_http_jvm_route_peers_wlock_current(rrp) } != 0;
         // SAFETY: as above.
@@ -77,8 +86,10 @@ impl PeersLock {
 
 impl Drop for PeersLock {
     fn drop(&mut self) {
-        // SAFETY: the lock was taken on this list in `read` or `write`.
-        unsafe { ngx_http_jvm_route_peers_unlock(self.0) };
+        if !self.0.is_null() {
+            // SAFETY: the lock was taken on this list in `read`, `write` or `write_current`.
+            unsafe { ngx_http_jvm_route_peers_unlock(self.0) };
+        }
     }
 }
 
@@ -158,6 +169,7 @@ pub fn is_failed(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
 ///
 /// # Safety
 /// `rrp->peers` must be write-locked and hold `peer` at `index`.
+#[inline(always)]
 pub unsafe fn take(
     pc: &mut ngx_peer_connection_t,
     rrp: &mut ngx_http_upstream_rr_peer_data_t,

@@ -80,52 +80,95 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// srun_id -> peers, for one upstream's peer lists.
 ///
-/// The srun_ids are found through an open-addressing table of route ids, at most half full,
-/// hashed with [`key_hash`]: a lookup is a hash of the few bytes of the route, one or two probes
-/// and one comparison, whatever the number of servers. Only the configuration's srun_ids decide
-/// the table's shape, so hostile session ids cannot make lookups longer.
+/// The srun_ids are found through an open-addressing table, at most half full, whose slots hold
+/// each srun_id reduced to a [`Key`]: a lookup is a hash of the few bytes of the route, one or
+/// two probes and a comparison of two words, whatever the number of servers (and no byte
+/// comparison for srun_ids of up to 16 bytes). Only the configuration's srun_ids decide the
+/// table's shape, so hostile session ids cannot make lookups longer.
 #[derive(Debug)]
 pub struct RouteTable {
     mode: RouteMode,
-    /// Route id + 1 per slot, 0 for an empty slot; the length is a power of two.
-    slots: Vec<u32>,
+    /// The length is a power of two; an empty slot has `len` 0 (no srun_id is empty).
+    slots: Vec<Slot>,
     routes: Vec<Route>,
     /// Distinct srun_id lengths, longest first: prefix mode probes each once.
     lengths: Vec<usize>,
     longest: usize,
 }
 
-/// The hash of a table key: its first and last eight bytes (overlapping for short keys; every
-/// byte of a longer key), its length, multiplied through. Cheap for the short keys routes are.
-pub fn key_hash(key: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let len = key.len();
-    let word = |at: usize, n: usize| {
-        let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&key[at..at + n]);
-        u64::from_le_bytes(b)
-    };
-    let (first, last) = match len {
-        0 => (0, 0),
-        1..=3 => {
-            let v =
-                u64::from(key[0]) | u64::from(key[len / 2]) << 8 | u64::from(key[len - 1]) << 16;
-            (v, 0)
-        }
-        4..=7 => (word(0, 4), word(len - 4, 4)),
-        _ => {
-            let mut h = word(0, 8);
-            let mut at = 8;
-            while at + 8 < len {
-                h = (h ^ word(at, 8)).wrapping_mul(K).rotate_left(31);
-                at += 8;
+/// One slot of a [`RouteTable`]: a srun_id's key and its route.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    first: u64,
+    last: u64,
+    len: u32,
+    id: RouteId,
+}
+
+/// Keys up to this length are held whole in a [`Key`]'s two words.
+const WHOLE_KEY_LEN: usize = 16;
+
+/// A table key as two words and a length. A key of at most [`WHOLE_KEY_LEN`] bytes is held
+/// whole: its first and last eight bytes (overlapping), or first and last four, or three bytes
+/// that cover a shorter key; so equal keys of that size mean equal bytes. A longer key's first
+/// word mixes in its middle words: equal keys must be confirmed byte by byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    first: u64,
+    last: u64,
+    len: usize,
+}
+
+impl Key {
+    /// The key of `bytes`.
+    #[inline]
+    fn of(bytes: &[u8]) -> Key {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let len = bytes.len();
+        let word = |at: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&bytes[at..at + n]);
+            u64::from_le_bytes(b)
+        };
+        let (first, last) = match len {
+            0 => (0, 0),
+            1..=3 => {
+                let v = u64::from(bytes[0])
+                    | u64::from(bytes[len / 2]) << 8
+                    | u64::from(bytes[len - 1]) << 16;
+                (v, 0)
             }
-            (h, word(len - 8, 8))
-        }
-    };
-    let h = (first ^ (len as u64).rotate_left(56)).wrapping_mul(K) ^ last;
-    let h = h.wrapping_mul(K);
-    h ^ (h >> 32)
+            4..=7 => (word(0, 4), word(len - 4, 4)),
+            _ => {
+                let mut h = word(0, 8);
+                let mut at = 8;
+                while at + 8 < len {
+                    h = (h ^ word(at, 8)).wrapping_mul(K).rotate_left(31);
+                    at += 8;
+                }
+                (h, word(len - 8, 8))
+            }
+        };
+        Key { first, last, len }
+    }
+
+    /// Whether the key holds all of its bytes.
+    fn is_whole(&self) -> bool {
+        self.len <= WHOLE_KEY_LEN
+    }
+
+    /// The key's hash: its words and length multiplied through.
+    #[inline]
+    fn hash(&self) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let h = (self.first ^ (self.len as u64).rotate_left(56)).wrapping_mul(K) ^ self.last;
+        let h = h.wrapping_mul(K);
+        h ^ (h >> 32)
+    }
+
+    fn matches(&self, slot: &Slot) -> bool {
+        slot.len as usize == self.len && slot.first == self.first && slot.last == self.last
+    }
 }
 
 impl RouteTable {
@@ -137,7 +180,7 @@ impl RouteTable {
     ) -> Self {
         let mut table = RouteTable {
             mode,
-            slots: vec![0; 2],
+            slots: vec![Slot::default(); 2],
             routes: Vec::new(),
             lengths: Vec::new(),
             longest: 0,
@@ -160,47 +203,57 @@ impl RouteTable {
         table
     }
 
+    /// Adds a route for a non-empty srun_id of at most `MAX_SRUN_ID_LEN` bytes.
     fn insert(&mut self, srun_id: &[u8]) -> RouteId {
         let id = self.routes.len() as RouteId;
         self.routes.push(Route { srun_id: srun_id.into(), ..Route::default() });
         if self.routes.len() * 2 > self.slots.len() {
-            let mut slots = vec![0; self.slots.len() * 2];
+            let mut slots = vec![Slot::default(); self.slots.len() * 2];
             for (i, route) in self.routes.iter().enumerate() {
-                let at = Self::free_slot(&slots, &route.srun_id);
-                slots[at] = i as u32 + 1;
+                Self::place(&mut slots, &route.srun_id, i as RouteId);
             }
             self.slots = slots;
         } else {
-            let at = Self::free_slot(&self.slots, srun_id);
-            self.slots[at] = id + 1;
+            Self::place(&mut self.slots, srun_id, id);
         }
         id
     }
 
-    fn free_slot(slots: &[u32], key: &[u8]) -> usize {
+    /// Puts `srun_id` in the first free slot of its probe sequence.
+    fn place(slots: &mut [Slot], srun_id: &[u8], id: RouteId) {
+        let key = Key::of(srun_id);
         let mask = slots.len() - 1;
-        let mut at = key_hash(key) as usize & mask;
-        while slots[at] != 0 {
+        let mut at = key.hash() as usize & mask;
+        while slots[at].len != 0 {
             at = (at + 1) & mask;
         }
-        at
+        slots[at] = Slot { first: key.first, last: key.last, len: key.len as u32, id };
     }
 
     /// The route whose srun_id is exactly `key`.
+    #[inline(always)]
     fn find(&self, key: &[u8]) -> Option<RouteId> {
+        let k = Key::of(key);
         let mask = self.slots.len() - 1;
-        let mut at = key_hash(key) as usize & mask;
+        let mut at = k.hash() as usize & mask;
         // The table is at most half full: an empty slot ends every probe sequence.
         loop {
-            let id = self.slots.get(at).copied().unwrap_or(0).checked_sub(1)?;
-            if self.routes.get(id as usize).is_some_and(|r| *r.srun_id == *key) {
-                return Some(id);
+            let slot = self.slots.get(at)?;
+            if slot.len == 0 {
+                return None;
+            }
+            if k.matches(slot)
+                && (k.is_whole()
+                    || self.routes.get(slot.id as usize).is_some_and(|r| *r.srun_id == *key))
+            {
+                return Some(slot.id);
             }
             at = (at + 1) & mask;
         }
     }
 
     /// The route a session id names, if this table knows it.
+    #[inline(always)]
     pub fn lookup(&self, session_id: &[u8]) -> Option<RouteId> {
         match self.mode {
             RouteMode::AfterFirstDot => {
@@ -246,6 +299,7 @@ impl RouteTable {
 }
 
 /// The route a session id names in `reverse` mode: the text after its first `.`.
+#[inline(always)]
 pub fn reverse_route(session_id: &[u8]) -> Option<&[u8]> {
     crate::session::find_byte(b'.', session_id).map(|dot| &session_id[dot + 1..])
 }
@@ -276,6 +330,7 @@ impl<'t, 'a> RouteChooser<'t, 'a> {
     }
 
     /// Offers the next session id: the decision, if it names a known route.
+    #[inline(always)]
     pub fn offer(&mut self, id: &'a [u8]) -> Option<SessionRoute<'a>> {
         self.first.get_or_insert(id);
         self.table.lookup(id).map(|route| SessionRoute::Known(route, id))
@@ -304,18 +359,23 @@ pub fn choose_route<'a>(
 
 /// The first candidate, starting at `start` and wrapping around, that `usable` accepts.
 /// Several peers may share a route; starting at a moving offset spreads requests over them.
+#[inline(always)]
 pub fn first_usable(
     candidates: &[u32],
     start: usize,
     mut usable: impl FnMut(u32) -> bool,
 ) -> Option<u32> {
+    // The usual route has one peer: no division, no loop.
+    if let [only] = candidates {
+        return usable(*only).then_some(*only);
+    }
     let n = candidates.len();
     if n == 0 {
         return None;
     }
-    // `start` is a free-running counter: reduce it first so that `+ k` cannot overflow.
-    let start = start % n;
-    (0..n).map(|k| candidates[(start + k) % n]).find(|&c| usable(c))
+    // `start` is a free-running counter: reduce it once; the rest wraps by rotation.
+    let (wrapped, first) = candidates.split_at(start % n);
+    first.iter().chain(wrapped).copied().find(|&c| usable(c))
 }
 
 /// Why a srun_id is rejected.
@@ -389,6 +449,20 @@ mod tests {
     fn reverse_mode_route_may_contain_dots() {
         let t = table(RouteMode::AfterFirstDot, &["node.a"]);
         assert_eq!(name(&t, "ID.node.a").as_deref(), Some("node.a"));
+    }
+
+    #[test]
+    fn long_srun_ids_that_differ_only_in_the_middle_are_told_apart() {
+        let a = "node-aaaaaaaa-x-bbbbbbbb";
+        let b = "node-aaaaaaaa-y-bbbbbbbb";
+        let t = table(RouteMode::AfterFirstDot, &[a, b]);
+        assert_eq!(name(&t, &format!("S.{a}")).as_deref(), Some(a));
+        assert_eq!(name(&t, &format!("S.{b}")).as_deref(), Some(b));
+        assert_eq!(name(&t, "S.node-aaaaaaaa-z-bbbbbbbb"), None);
+        // Short ids are held whole: one byte apart in the middle is told apart too.
+        let t = table(RouteMode::AfterFirstDot, &["abcdXefgh", "abcdYefgh"]);
+        assert_eq!(name(&t, "S.abcdXefgh").as_deref(), Some("abcdXefgh"));
+        assert_eq!(name(&t, "S.abcdZefgh"), None);
     }
 
     #[test]
@@ -490,11 +564,31 @@ mod tests {
                 );
                 let wanted = pick.get(&ids);
                 let session = format!("{prefix}.{wanted}");
-                        let id = t.lookup(session.as_bytes());
+                let id = t.lookup(session.as_bytes());
                 let found = id.and_then(|id| t.route(id));
                 prop_assert_eq!(found.map(|r| &*r.srun_id), Some(wanted.as_bytes()));
                 let text = id.and_then(|id| t.route_text(id, session.as_bytes()));
                 prop_assert_eq!(text, Some(wanted.as_bytes()));
+            }
+
+            #[test]
+            fn reverse_lookup_agrees_with_a_plain_set(
+                ids in proptest::collection::hash_set("[ab]{1,40}", 1..24),
+                routes in proptest::collection::vec("[ab]{0,40}", 1..16),
+            ) {
+                // A two-letter alphabet: many srun_ids share their first and last eight bytes
+                // and differ only in the middle, or only in their length.
+                let ids: Vec<String> = ids.into_iter().collect();
+                let t = RouteTable::build(
+                    RouteMode::AfterFirstDot,
+                    ids.iter().enumerate().map(|(i, s)| (s.as_bytes(), PeerList::Primary, i as u32)),
+                );
+                for route in ids.iter().chain(&routes) {
+                    let session = format!("5C3A.{route}");
+                    let found = t.lookup(session.as_bytes()).and_then(|id| t.route(id));
+                    let expected = ids.contains(route).then_some(route.as_bytes());
+                    prop_assert_eq!(found.map(|r| &*r.srun_id), expected);
+                }
             }
 
             #[test]

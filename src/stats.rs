@@ -128,6 +128,18 @@ impl Stats {
         }
     }
 
+    /// Adds one to two server counters of the same slot (a sticky hit is a request and a hit).
+    pub fn count_both(&self, slot: usize, first: ServerCounter, second: ServerCounter) {
+        if let Some(base) = self.slot_word(slot, 0) {
+            let base: *const AtomicU64 = base;
+            // SAFETY: both counters are words of the slot, below SERVER_WORDS.
+            unsafe {
+                (*base.add(first as usize)).fetch_add(1, Ordering::Relaxed);
+                (*base.add(second as usize)).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// A server counter.
     pub fn server(&self, slot: usize, counter: ServerCounter) -> u64 {
         self.slot_word(slot, counter as usize).map_or(0, |w| w.load(Ordering::Relaxed))

@@ -60,6 +60,12 @@ pub struct PeerRoutes {
 }
 
 impl PeerRoutes {
+    /// Whether the list can change at run time (it is in a zone): only then does it have locks
+    /// and generations.
+    pub fn can_change(&self) -> bool {
+        self.can_change
+    }
+
     /// The statistics slot of a peer of either list.
     pub fn slot_of(&self, peer: *const ngx_http_upstream_rr_peer_t) -> Option<usize> {
         self.slot_of.get(&(peer as usize)).copied()
@@ -134,6 +140,7 @@ impl PeerRoutes {
 }
 
 /// The view of the upstream's current peer list, built if needed.
+#[inline]
 pub fn current<'a>(
     ucf: &'a UpstreamConf,
     us: &ngx_http_upstream_srv_conf_t,
@@ -146,9 +153,20 @@ pub fn current<'a>(
     // callback, so this is the only access.
     let built = unsafe { (*ucf.routes.get()).as_ref() };
     // Without a zone the peer list never changes once built.
-    if let Some(view) = built.filter(|v| !v.can_change && v.list == list) {
-        return Some(view);
+    match built {
+        Some(view) if !view.can_change && view.list == list => Some(view),
+        _ => current_checked(ucf, us, list),
     }
+}
+
+/// [`current`] for a view not yet built, or of a list that can change: checks the list's
+/// generation and rebuilds the view if it moved.
+#[inline(never)]
+fn current_checked<'a>(
+    ucf: &'a UpstreamConf,
+    us: &ngx_http_upstream_srv_conf_t,
+    list: *mut ngx_http_upstream_rr_peers_t,
+) -> Option<&'a PeerRoutes> {
     // SAFETY: `list` is the upstream's peer list.
     let generation = unsafe { peers::locked_generation(list) };
     // SAFETY: worker processes are single-threaded and no reference into the cell outlives a
