@@ -88,7 +88,7 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 #[derive(Debug)]
 pub struct RouteTable {
     mode: RouteMode,
-    /// The length is a power of two; an empty slot has `len` 0 (no srun_id is empty).
+    /// The length is a power of two; no srun_id is empty, so an empty key marks a free slot.
     slots: Vec<Slot>,
     routes: Vec<Route>,
     /// Distinct srun_id lengths, longest first: prefix mode probes each once.
@@ -96,12 +96,10 @@ pub struct RouteTable {
     longest: usize,
 }
 
-/// One slot of a [`RouteTable`]: a srun_id's key and its route.
+/// One slot of a [`RouteTable`]: a srun_id's key and its route; empty while `key.len` is 0.
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
-    first: u64,
-    last: u64,
-    len: u32,
+    key: Key,
     id: RouteId,
 }
 
@@ -112,7 +110,7 @@ const WHOLE_KEY_LEN: usize = 16;
 /// whole: its first and last eight bytes (overlapping), or first and last four, or three bytes
 /// that cover a shorter key; so equal keys of that size mean equal bytes. A longer key's first
 /// word mixes in its middle words: equal keys must be confirmed byte by byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Key {
     first: u64,
     last: u64,
@@ -164,10 +162,6 @@ impl Key {
         let h = (self.first ^ (self.len as u64).rotate_left(56)).wrapping_mul(K) ^ self.last;
         let h = h.wrapping_mul(K);
         h ^ (h >> 32)
-    }
-
-    fn matches(&self, slot: &Slot) -> bool {
-        slot.len as usize == self.len && slot.first == self.first && slot.last == self.last
     }
 }
 
@@ -224,10 +218,10 @@ impl RouteTable {
         let key = Key::of(srun_id);
         let mask = slots.len() - 1;
         let mut at = key.hash() as usize & mask;
-        while slots[at].len != 0 {
+        while slots[at].key.len != 0 {
             at = (at + 1) & mask;
         }
-        slots[at] = Slot { first: key.first, last: key.last, len: key.len as u32, id };
+        slots[at] = Slot { key, id };
     }
 
     /// The route whose srun_id is exactly `key`.
@@ -239,10 +233,10 @@ impl RouteTable {
         // The table is at most half full: an empty slot ends every probe sequence.
         loop {
             let slot = self.slots.get(at)?;
-            if slot.len == 0 {
+            if slot.key.len == 0 {
                 return None;
             }
-            if k.matches(slot)
+            if slot.key == k
                 && (k.is_whole()
                     || self.routes.get(slot.id as usize).is_some_and(|r| *r.srun_id == *key))
             {
