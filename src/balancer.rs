@@ -18,7 +18,7 @@ use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t,
-    ngx_pool_cleanup_add, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
+    ngx_pool_cleanup_t, ngx_str_t, ngx_time, ngx_uint_t, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModule, HttpModuleServerConf, Request};
 use ngx::ngx_log_debug_http;
@@ -149,6 +149,8 @@ struct PeerData {
     ctx: RequestCtx,
     /// The next spare, while this one is spare.
     next_spare: *mut PeerData,
+    /// The request pool's cleanup record that gives this state back (see [`Spares`]).
+    cleanup: ngx_pool_cleanup_t,
 }
 
 impl PeerData {
@@ -161,18 +163,28 @@ impl PeerData {
 const MAX_SPARES: usize = 1024;
 
 /// A worker's spare request states for one upstream. `init_peer` takes one (or allocates it)
-/// and the request pool's cleanup gives it back when the request ends. Keeping the state out of
-/// the request pool keeps the pool as small as with round robin alone: round robin's own
-/// per-request data is part of the state, and the pool holds only the cleanup's record, so a
-/// request that fits in its pool's blocks with round robin fits with this module too.
+/// and links the state's own cleanup record into the request pool, whose destruction gives it
+/// back. Keeping the state out of the request pool keeps the pool smaller than with round robin
+/// alone (round robin's per-request data is part of the state), so a request that fits in its
+/// pool's blocks with round robin fits with this module too.
+///
+/// The pool reads a cleanup record's `next` after its handler returns, so a state given back
+/// must stay allocated until the next one is: when the list is full, the state given back
+/// before it is freed, not the state itself.
 pub struct Spares {
     head: Cell<*mut PeerData>,
     count: Cell<usize>,
+    /// A state given back while the list was full, freed when the next one is given back.
+    retired: Cell<*mut PeerData>,
 }
 
 impl Default for Spares {
     fn default() -> Self {
-        Spares { head: Cell::new(std::ptr::null_mut()), count: Cell::new(0) }
+        Spares {
+            head: Cell::new(std::ptr::null_mut()),
+            count: Cell::new(0),
+            retired: Cell::new(std::ptr::null_mut()),
+        }
     }
 }
 
@@ -190,14 +202,20 @@ impl Spares {
         head
     }
 
-    /// Takes a state back.
+    /// Takes a state back. It stays allocated at least until the next call.
     ///
     /// # Safety
-    /// `pd` must come from `take` and no longer be used.
+    /// `pd` must come from `take` and no longer be used, except for its cleanup record, which
+    /// the pool may read until its destruction moves on to the next record.
     unsafe fn give(&self, pd: *mut PeerData) {
         if self.count.get() >= MAX_SPARES {
-            // SAFETY: `take` allocated it with this layout.
-            unsafe { std::alloc::dealloc(pd.cast(), Layout::new::<PeerData>()) };
+            let retired = self.retired.replace(pd);
+            if !retired.is_null() {
+                // SAFETY: `take` allocated it with this layout; the pool whose cleanup gave it
+                // back was destroyed before this call (a pool's cleanups run one at a time, and
+                // the record of the state before is behind it).
+                unsafe { std::alloc::dealloc(retired.cast(), Layout::new::<PeerData>()) };
+            }
             return;
         }
         // SAFETY: per the function contract, the state is ours again.
@@ -209,6 +227,11 @@ impl Spares {
 
 impl Drop for Spares {
     fn drop(&mut self) {
+        let retired = self.retired.replace(std::ptr::null_mut());
+        if !retired.is_null() {
+            // SAFETY: as in `give`: no pool refers to it any more.
+            unsafe { std::alloc::dealloc(retired.cast(), Layout::new::<PeerData>()) };
+        }
         let mut pd = self.head.replace(std::ptr::null_mut());
         while !pd.is_null() {
             // SAFETY: every spare came from `take` and is used by no request; the
@@ -285,17 +308,21 @@ unsafe extern "C" fn init_peer(
     if pd.is_null() {
         return Status::NGX_ERROR.0;
     }
-    // SAFETY: `pd` is ours; `r` is live, with its pool. The cleanup gives the state back when
-    // the pool is destroyed, after the upstream and the log phase are done with it.
+    // SAFETY: `pd` is ours; `r` is live, with its pool. The state's own cleanup record goes
+    // first in the pool's list, as `ngx_pool_cleanup_add` would put a record of the pool's
+    // memory; it gives the state back when the pool is destroyed, after the upstream and the
+    // log phase are done with it, and the state outlives the pool's reading of the record
+    // (see `Spares`).
     unsafe {
         (&raw mut (*pd).conf).write(ucf);
-        let cln = ngx_pool_cleanup_add((*r).pool, 0);
-        if cln.is_null() {
-            ucf.spares.give(pd);
-            return Status::NGX_ERROR.0;
-        }
-        (*cln).handler = Some(release_state);
-        (*cln).data = pd.cast();
+        let pool = (*r).pool;
+        let cleanup = &raw mut (*pd).cleanup;
+        cleanup.write(ngx_pool_cleanup_t {
+            handler: Some(release_state),
+            data: pd.cast(),
+            next: (*pool).cleanup,
+        });
+        (*pool).cleanup = cleanup;
     }
     if original as *const () == ngx_http_upstream_init_round_robin_peer as *const () {
         // SAFETY: `r->upstream` is set while its balancer is initialised; round robin's init
@@ -465,10 +492,63 @@ unsafe fn find_session<'r>(
 /// `get`: a usable peer of the session's route; else, with `failover=off`, refusal; else, with
 /// `failover=consistent`, the peer the session id hashes to; else the wrapped method's choice.
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: `data` is the PeerData set in `init_peer`; `pc` is the request's connection; the
-    // view, when its stamp matches, is this worker's current one.
+    // SAFETY: `data` is the PeerData set in `init_peer`; `pc` is the request's connection.
     let (pd, pc_ref) = unsafe { (&mut *data.cast::<PeerData>(), &mut *pc) };
-    let routes = unsafe { request_routes(pd) };
+    // SAFETY: as above.
+    if pd.route != NO_ROUTE && unsafe { take_only_peer(pc_ref, pd) } {
+        return Status::NGX_OK.0;
+    }
+    // SAFETY: as above.
+    unsafe { get_peer_in_full(pc, pd) }
+}
+
+/// The usual sticky hit, decided without the general pick: the session's route has one
+/// server, a primary one, in a peer list without a zone (no lock, never replaced), and that
+/// server is usable. Takes it and counts it; false if any of that does not hold (nothing was
+/// changed then, and [`get_peer_in_full`] decides).
+///
+/// # Safety
+/// `pd` must be this request's PeerData and `pc` its peer connection.
+#[inline(always)]
+unsafe fn take_only_peer(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> bool {
+    // SAFETY: per the function contract.
+    let Some(routes) = (unsafe { request_routes(pd) }) else { return false };
+    let Some(route) = routes.table.route(pd.route) else { return false };
+    let ([index], false) = (&route.primary[..], routes.can_change()) else { return false };
+    let index = *index as usize;
+    let Some(info) = routes.primary.get(index) else { return false };
+    // SAFETY: every stock balancer's peer data begins with round robin's.
+    let rrp = unsafe { &mut *pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() };
+    if rrp.peers != routes.list {
+        return false;
+    }
+    let now = ngx_time();
+    // SAFETY: `routes.primary` holds the peers of `rrp.peers`, a list without a zone (nothing to
+    // lock); `tried` has a bit for each.
+    unsafe {
+        if peers::is_tried(rrp, index)
+            || !peers::is_usable(&*info.peer, routes.is_down_for_sessions(info), now)
+        {
+            return false;
+        }
+        peers::take(pc, rrp, info.peer, index, now);
+    }
+    pd.ctx.outcome = Outcome::Hit;
+    if let (Some(stats), Some(slot)) = (&routes.stats, info.slot) {
+        stats.count_both(slot, ServerCounter::Requests, ServerCounter::Hits);
+    }
+    true
+}
+
+/// [`get_peer`] for every case.
+///
+/// # Safety
+/// `pd` must be this request's PeerData and `pc` its live peer connection.
+#[inline(never)]
+unsafe fn get_peer_in_full(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    // SAFETY: per the function contract; the view, when its stamp matches, is this worker's
+    // current one.
+    let (pc_ref, routes) = unsafe { (&mut *pc, request_routes(pd)) };
     // SAFETY: `conf` and `ctx` outlive the request.
     let jvm_route = unsafe { (*pd.conf).jvm_route.as_ref() };
     let failover = jvm_route.map_or(Failover::Balance, |j| j.failover);
@@ -740,5 +820,31 @@ unsafe extern "C" fn save_peer_session(pc: *mut ngx_peer_connection_t, data: *mu
     if let Some(save) = pd.wrapped.save_session {
         // SAFETY: the wrapped method's own callback and data.
         unsafe { save(pc, pd.original_data) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_spare_list_frees_the_state_given_back_before_the_last() {
+        let spares = Spares::default();
+        let states: Vec<*mut PeerData> = (0..MAX_SPARES + 3).map(|_| spares.take()).collect();
+        assert!(states.iter().all(|pd| !pd.is_null()));
+        for &pd in &states {
+            // SAFETY: each state comes from `take` and is used by nothing.
+            unsafe { spares.give(pd) };
+        }
+        assert_eq!(spares.count.get(), MAX_SPARES);
+        // The last state given back stays allocated (a pool may still read its cleanup
+        // record); the ones given back before it while the list was full were freed.
+        assert_eq!(spares.retired.get(), states[MAX_SPARES + 2]);
+        // Spares are taken newest first, and given back again.
+        let pd = spares.take();
+        assert_eq!(pd, states[MAX_SPARES - 1]);
+        assert_eq!(spares.count.get(), MAX_SPARES - 1);
+        // SAFETY: as above.
+        unsafe { spares.give(pd) };
     }
 }

@@ -137,6 +137,7 @@ pub unsafe fn iter(
 ///
 /// # Safety
 /// `rrp->tried` must have a bit for `index`.
+#[inline(always)]
 pub unsafe fn is_tried(rrp: &ngx_http_upstream_rr_peer_data_t, index: usize) -> bool {
     // SAFETY: per the function contract.
     unsafe { *rrp.tried.add(index / BITS) & (1 << (index % BITS)) != 0 }
@@ -153,6 +154,7 @@ pub fn is_down(peer: &ngx_http_upstream_rr_peer_t) -> bool {
 
 /// Round robin's test, with `down` decided by the caller: not failed `max_fails` times within
 /// `fail_timeout`, and below `max_conns`.
+#[inline(always)]
 pub fn is_usable(peer: &ngx_http_upstream_rr_peer_t, down: bool, now: time_t) -> bool {
     let failed = is_failed(peer, now);
     let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
@@ -160,6 +162,7 @@ pub fn is_usable(peer: &ngx_http_upstream_rr_peer_t, down: bool, now: time_t) ->
 }
 
 /// Whether round robin would consider the peer failed now (`max_fails` within `fail_timeout`).
+#[inline(always)]
 pub fn is_failed(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
     peer.max_fails != 0 && peer.fails >= peer.max_fails && now - peer.checked <= peer.fail_timeout
 }

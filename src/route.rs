@@ -119,14 +119,19 @@ struct Key {
 
 impl Key {
     /// The key of `bytes`.
-    #[inline]
+    #[inline(always)]
     fn of(bytes: &[u8]) -> Key {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let len = bytes.len();
-        let word = |at: usize, n: usize| {
-            let mut b = [0u8; 8];
-            b[..n].copy_from_slice(&bytes[at..at + n]);
-            u64::from_le_bytes(b)
+        // Fixed-size reads: each compiles to one load.
+        let word = |at: usize, n: usize| match n {
+            4 => bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, |b| u64::from(u32::from_le_bytes(b))),
+            _ => {
+                bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+            }
         };
         let (first, last) = match len {
             0 => (0, 0),
