@@ -32,22 +32,6 @@ ngx_http_jvm_route_peers_unlock(ngx_http_upstream_rr_peers_t *peers)
 }
 
 
-void
-ngx_http_jvm_route_peer_lock(ngx_http_upstream_rr_peers_t *peers,
-    ngx_http_upstream_rr_peer_t *peer)
-{
-    ngx_http_upstream_rr_peer_lock(peers, peer);
-}
-
-
-void
-ngx_http_jvm_route_peer_unlock(ngx_http_upstream_rr_peers_t *peers,
-    ngx_http_upstream_rr_peer_t *peer)
-{
-    ngx_http_upstream_rr_peer_unlock(peers, peer);
-}
-
-
 /* A peer picked outside round robin must hold the reference that the
  * round-robin free callback gives back (nginx 1.27.3+ with a zone; older
  * versions count no references). */
@@ -76,7 +60,7 @@ ngx_http_jvm_route_peers_generation(ngx_http_upstream_rr_peers_t *peers)
 
 /* Whether the request's view of the peers is older than the list itself;
  * round robin answers NGX_BUSY in that case, and so must we. */
-ngx_uint_t
+static ngx_uint_t
 ngx_http_jvm_route_peers_stale(ngx_http_upstream_rr_peer_data_t *rrp)
 {
 #if (NGX_HTTP_UPSTREAM_ZONE && nginx_version >= 1027003)

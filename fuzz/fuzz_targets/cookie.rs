@@ -5,18 +5,12 @@
 //! taken from the bytes that follow. The rest is the header line.
 #![no_main]
 
-use jvm_route_pure::offset_in;
 use jvm_route_pure::session::cookie_values;
+use jvm_route_pure::{name_and_rest, offset_in};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
-    let (name, header): (&[u8], &[u8]) = if selector & 0x80 != 0 {
-        (b"JSESSIONID", rest)
-    } else {
-        let len = usize::from(selector & 0x0f).min(rest.len());
-        rest.split_at(len)
-    };
+    let Some((name, header)) = name_and_rest(data, b"JSESSIONID") else { return };
 
     let found: Vec<&[u8]> = cookie_values(header, name).collect();
 

@@ -6,20 +6,14 @@
 //! '?' (what nginx gives as `$args`).
 #![no_main]
 
-use jvm_route_pure::offset_in;
 use jvm_route_pure::session::{path_parameter, query_parameter};
+use jvm_route_pure::{name_and_rest, offset_in};
 use libfuzzer_sys::fuzz_target;
 
 const DELIMITERS: &[u8] = b";?&/#";
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
-    let (name, uri): (&[u8], &[u8]) = if selector & 0x80 != 0 {
-        (b"jsessionid", rest)
-    } else {
-        let len = usize::from(selector & 0x0f).min(rest.len());
-        rest.split_at(len)
-    };
+    let Some((name, uri)) = name_and_rest(data, b"jsessionid") else { return };
 
     // The path parameter.
     let path_end = uri.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(uri.len());

@@ -16,3 +16,15 @@ pub fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
     let p = part.as_ptr() as usize;
     (p >= start && p.checked_add(part.len())? <= start + whole.len()).then(|| p - start)
 }
+
+/// Splits a fuzz input into a name and the rest. Byte 0 chooses the name: if its top bit is
+/// set the name is `usual`, otherwise its low 4 bits are the length of a name taken from the
+/// bytes that follow. None for an empty input.
+pub fn name_and_rest<'a>(data: &'a [u8], usual: &'static [u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let (&selector, rest) = data.split_first()?;
+    if selector & 0x80 != 0 {
+        return Some((usual, rest));
+    }
+    let len = usize::from(selector & 0x0f).min(rest.len());
+    Some(rest.split_at(len))
+}
