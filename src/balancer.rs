@@ -656,11 +656,13 @@ unsafe fn pick_consistent_peer(
     let _lock = unsafe { PeersLock::write_current(rrp, routes.can_change()) }?;
     let now = ngx_time();
     let session = str_bytes(&pd.ctx.session);
-    // SAFETY (closure): `routes.primary` holds this locked list's peers; `tried` has a bit each.
-    let candidates = routes.primary.iter().enumerate().filter_map(|(index, info)| unsafe {
-        let p = &*info.peer;
-        (!peers::is_tried(rrp, index) && peers::is_usable(p, p.down != 0, now))
-            .then(|| (index, str_bytes(&p.name), p.weight.max(1) as u64))
+    let candidates = routes.primary.iter().enumerate().filter_map(|(index, info)| {
+        // SAFETY: `routes.primary` holds this locked list's peers; `tried` has a bit for each.
+        unsafe {
+            let p = &*info.peer;
+            (!peers::is_tried(rrp, index) && peers::is_usable(p, p.down != 0, now))
+                .then(|| (index, str_bytes(&p.name), p.weight.max(1) as u64))
+        }
     });
     let index = failover::pick(session, candidates)?;
     let peer = routes.primary[index].peer;
@@ -773,8 +775,9 @@ unsafe extern "C" fn free_peer(
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &*data.cast::<PeerData>() };
     if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
-        // SAFETY: `conf` outlives the request; the wrapped data begins with round robin's.
+        // SAFETY: `conf` outlives the request.
         let routes = unsafe { request_routes(pd) };
+        // SAFETY: the wrapped data begins with round robin's, whose `current` is the peer tried.
         let current =
             unsafe { (*pd.original_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
         let stats = routes.and_then(|r| Some((r.stats.as_ref()?, r.slot_of(current)?)));

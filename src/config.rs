@@ -348,6 +348,7 @@ pub unsafe extern "C" fn cmd_keepalive(
 ) -> *mut c_char {
     // SAFETY: per the function contract.
     let ucf = unsafe { &mut *conf.cast::<UpstreamConf>() };
+    // SAFETY: `cf` is the live configuration nginx passed to this handler.
     let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(unsafe { &*cf }) else {
         return ngx::core::NGX_CONF_ERROR as *mut c_char;
     };
@@ -617,6 +618,7 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
         // Upstreams may be defined further down; checked at the end of `http {}`.
         // SAFETY: `cf` is valid; `conf_file` names the file being read.
         let (file, line) = unsafe { conf_position(cf) };
+        // SAFETY: as above.
         if let Some(main) = Module::main_conf_mut(unsafe { &*cf }) {
             main.status_names.push((name.clone(), file, line));
         }
@@ -725,9 +727,9 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         });
         if !known {
             // The directive's own file and line, not where the http block ends.
-            // SAFETY: `cf->log` is the configuration log.
             ngx_log_error!(
                 NGX_LOG_EMERG,
+                // SAFETY: `cf->log` is the configuration log.
                 unsafe { (*cf).log },
                 "no upstream \"{}\" with \"jvm_route\" for \"jvm_route_status\" in {}:{}",
                 lossy(name),
@@ -753,7 +755,8 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         return conf_error(cf, ConfError::NoMemory);
     }
     let tag = std::ptr::addr_of!(crate::ngx_http_upstream_jvm_route_module).cast_mut().cast();
-    // SAFETY: `cf` is the configuration being read; the module's address is a stable tag.
+    // SAFETY: `cf` is the configuration being read; `layout` was just allocated in its pool;
+    // the module's address is a stable tag.
     match unsafe { crate::stats::add_zone(cf, layout, tag) } {
         Some(zone) => main.zone = std::ptr::NonNull::new(zone),
         None => return conf_error(cf, ConfError::NoMemory),

@@ -7,6 +7,8 @@
 //! in [`balancer`], and the pure session and route logic in [`session`] and [`route`].
 
 #![warn(missing_docs)]
+// Every `unsafe` block says why it is sound; clippy enforces it (CI denies warnings).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_void};
 use std::ptr::{addr_of, addr_of_mut, null, null_mut};

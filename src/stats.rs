@@ -204,7 +204,8 @@ pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
 /// pool and read back by [`init_zone`].
 ///
 /// # Safety
-/// `cf` must be the configuration being read; `tag` a stable address identifying the module.
+/// `cf` must be the configuration being read; `layout` a valid `Layout` that lives as long as
+/// it; `tag` a stable address identifying the module.
 pub unsafe fn add_zone(
     cf: *mut ngx_conf_t,
     layout: *mut Layout,
@@ -212,6 +213,7 @@ pub unsafe fn add_zone(
 ) -> Option<*mut ngx_shm_zone_t> {
     // SAFETY: `ngx_pagesize` is set before any configuration is read.
     let page = unsafe { ngx_pagesize };
+    // SAFETY: per the function contract, `layout` is valid.
     let bytes = unsafe { (*layout).words() } * size_of::<u64>();
     // The slab allocator keeps its own header and page table in the zone; eight pages of room
     // is what nginx's own zones ask for at least.

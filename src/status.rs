@@ -69,6 +69,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(conf) = &lcf.status else { return Status::NGX_ERROR.0 };
     // SAFETY: `r` is live; `args` points into its request line.
     let args = str_bytes(unsafe { &(*r).args });
+    // SAFETY: as above.
     let method = unsafe { (*r).method } as u32;
 
     if method == NGX_HTTP_POST {

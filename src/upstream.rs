@@ -94,17 +94,15 @@ impl PeerRoutes {
     /// (`down`), and the configuration's `down` always stays.
     #[inline]
     pub fn apply_marks(&self, stats: &Stats) {
-        if self.applied.get() != Some(stats.generation()) {
-            self.apply_changed_marks(stats);
+        let generation = stats.generation();
+        if self.applied.get() != Some(generation) {
+            self.apply_changed_marks(stats, generation);
         }
     }
 
+    /// [`apply_marks`](Self::apply_marks) once the marks have moved to `generation`.
     #[cold]
-    fn apply_changed_marks(&self, stats: &Stats) {
-        let generation = stats.generation();
-        if self.applied.get() == Some(generation) {
-            return;
-        }
+    fn apply_changed_marks(&self, stats: &Stats, generation: u64) {
         for (infos, list) in [(&self.primary, self.list), (&self.backup, self.backup_list())] {
             if list.is_null() {
                 continue;

@@ -331,6 +331,7 @@ fn nginx_command_with(binary: &Path, prefix: &Path, conf: &Path, extra: &[&str])
 pub fn nginx_check(binary: &Path, prefix: &Path, conf: &Path) -> Output {
     nginx_command_with(binary, prefix, conf, &["-t"]).output().expect("run nginx -t")
 }
+
 /// Runs `nginx -t` on `preamble + http_conf` and returns its output (for configuration errors).
 /// The configuration is written to `nginx.conf` in a fresh directory, whose path is returned.
 pub fn nginx_test_config(http_conf: &str) -> (Output, PathBuf, TempDir) {
