@@ -6,10 +6,12 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ngx_http_upstream_jvm_route_module::route::{
+use ngx_http_upstream_jvm_route_module::rules::route::{
     choose_route, PeerList, RouteMode, RouteTable, SessionRoute,
 };
-use ngx_http_upstream_jvm_route_module::session::{cookie_values, path_parameter, query_parameter};
+use ngx_http_upstream_jvm_route_module::rules::session::{
+    cookie_values, path_parameter, query_parameter,
+};
 
 const SESSION_HEX: &str = "5C3A9F0B7D21E4C68A0F3B5D7E9C1A2F";
 

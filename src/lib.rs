@@ -3,8 +3,19 @@
 //! goes to the upstream server tagged `srun_id=<jvmRoute>`; otherwise nginx balances as usual.
 //!
 //! This file holds the module statics only: the command table, the HTTP module context and
-//! the symbols nginx's `load_module` reads. Directive handling is in [`config`], the balancer
-//! in [`balancer`], and the pure session and route logic in [`session`] and [`route`].
+//! the symbols nginx's `load_module` reads. The parts, and the one way data flows between them:
+//!
+//! - [`conf`]: the parsed, immutable configuration (directive handlers, end-of-`http` checks);
+//! - [`balancer`]: the nginx callbacks `init_upstream`, `init_peer`, `get`, `free`, which read
+//!   the configuration and the worker's view, ask the rules, and take a peer;
+//! - [`worker`]: the worker's view of each upstream's peers, checked against the peers'
+//!   generation under their lock before every use;
+//! - [`zone`]: the shared counters and runtime marks, and their lifetime across reloads;
+//! - [`rules`]: the pure logic (session id, route, failover), with no nginx types;
+//! - [`ffi`] and `shim.c`: string views, locks and peer helpers over nginx's C.
+//!
+//! Beside them, [`request`] (what is known of one request), [`status`] (the status location)
+//! and [`variables`] (log variables and the 503 filter).
 
 #![warn(missing_docs)]
 // Every `unsafe` block says why it is sound; clippy enforces it (CI denies warnings).
@@ -15,22 +26,32 @@ use std::ptr::{addr_of, addr_of_mut, null, null_mut};
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    NGX_CONF_1MORE, NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_string;
 
 pub mod balancer;
-pub mod config;
-pub mod failover;
-pub mod peers;
-pub mod route;
-pub mod session;
-pub mod stats;
+pub mod conf;
+pub mod ffi;
+pub mod request;
+pub mod rules;
 pub mod status;
-pub mod upstream;
 pub mod variables;
+pub mod worker;
+pub mod zone;
+
+/// The balancer's `init_upstream`, which the configuration installs in upstreams.
+pub(crate) const INIT_UPSTREAM: unsafe extern "C" fn(
+    *mut ngx_conf_t,
+    *mut ngx::ffi::ngx_http_upstream_srv_conf_t,
+) -> ngx::ffi::ngx_int_t = balancer::init_upstream;
+
+/// The status location's content handler, which `jvm_route_status` installs.
+pub(crate) const STATUS_HANDLER: unsafe extern "C" fn(
+    *mut ngx::ffi::ngx_http_request_t,
+) -> ngx::ffi::ngx_int_t = status::handler;
 
 /// The module's name, as nginx knows it.
 pub const MODULE_NAME: &str = "ngx_http_upstream_jvm_route_module";
@@ -48,18 +69,18 @@ impl HttpModule for Module {
 
 // SAFETY: `create_main_conf` allocates `MainConf` in the http block.
 unsafe impl HttpModuleMainConf for Module {
-    type MainConf = config::MainConf;
+    type MainConf = conf::MainConf;
 }
 
 // SAFETY: `create_srv_conf` allocates `UpstreamConf` in every HTTP server and upstream block,
 // so the slot at this module's ctx_index always holds one.
 unsafe impl HttpModuleServerConf for Module {
-    type ServerConf = config::UpstreamConf;
+    type ServerConf = conf::UpstreamConf;
 }
 
 // SAFETY: `create_loc_conf` allocates `LocationConf` in every location.
 unsafe impl HttpModuleLocationConf for Module {
-    type LocationConf = config::LocationConf;
+    type LocationConf = conf::LocationConf;
 }
 
 /// A directive of the `upstream {}` block that takes one or more arguments.
@@ -74,19 +95,38 @@ const fn upstream_command(name: ngx_str_t, set: CommandHandler) -> ngx_command_t
     }
 }
 
+/// A stock balancing method's directive: noted, then passed on with any arguments (the module
+/// it goes to checks them).
+const fn method_command(name: ngx_str_t) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(conf::directives::cmd_method),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    }
+}
+
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 5] = [
-    // Takes `srun_id=` and `max_busy=` out of the stock `server` directive, then passes it on.
-    upstream_command(ngx_string!("server"), config::cmd_server),
-    upstream_command(ngx_string!("jvm_route"), config::cmd_jvm_route),
+static mut COMMANDS: [ngx_command_t; 9] = [
+    // Takes `srun_id=`, `max_busy=` and `drain` out of the stock `server` directive, then
+    // passes it on.
+    upstream_command(ngx_string!("server"), conf::directives::cmd_server),
+    upstream_command(ngx_string!("jvm_route"), conf::directives::cmd_jvm_route),
     // Places this balancer beneath `keepalive`, whatever the directive order; then passes on.
-    upstream_command(ngx_string!("keepalive"), config::cmd_keepalive),
+    upstream_command(ngx_string!("keepalive"), conf::directives::cmd_keepalive),
+    // The stock balancing methods, noted as such (see `conf::init`); then passed on.
+    method_command(ngx_string!("least_conn")),
+    method_command(ngx_string!("hash")),
+    method_command(ngx_string!("ip_hash")),
+    method_command(ngx_string!("random")),
     ngx_command_t {
         name: ngx_string!("jvm_route_status"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE12) as ngx_uint_t,
-        set: Some(config::cmd_jvm_route_status),
+        set: Some(conf::directives::cmd_jvm_route_status),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: 0,
         post: null_mut(),
@@ -98,7 +138,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::add_variables),
     postconfiguration: None,
     create_main_conf: Some(Module::create_main_conf),
-    init_main_conf: Some(config::init_main_conf),
+    init_main_conf: Some(conf::init::init_main_conf),
     create_srv_conf: Some(Module::create_srv_conf),
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),

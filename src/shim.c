@@ -1,9 +1,9 @@
 /*
- * Thin C shim over nginx macros and inline functions that bindgen cannot
- * reach. It is compiled against the same headers and defines as the
- * bindings, so each function behaves exactly like the macro it wraps for the
- * nginx build at hand (with or without the upstream zone, before or after
- * 1.23.0 and 1.27.3).
+ * Thin C shim over nginx macros, inline functions and version-dependent
+ * fields that bindgen cannot reach or that not every supported nginx has. It
+ * is compiled against the same headers and defines as the bindings, so each
+ * function behaves exactly like the code it wraps for the nginx build at hand
+ * (with or without the upstream zone, before or after 1.23.0 and 1.27.3).
  */
 
 #include <ngx_config.h>
@@ -11,17 +11,17 @@
 #include <ngx_http.h>
 
 
+#if (NGX_HTTP_UPSTREAM_ZONE && nginx_version >= 1027003)
+#define NGX_HTTP_JVM_ROUTE_RESOLVE  1
+#else
+#define NGX_HTTP_JVM_ROUTE_RESOLVE  0
+#endif
+
+
 void
 ngx_http_jvm_route_peers_rlock(ngx_http_upstream_rr_peers_t *peers)
 {
     ngx_http_upstream_rr_peers_rlock(peers);
-}
-
-
-void
-ngx_http_jvm_route_peers_wlock(ngx_http_upstream_rr_peers_t *peers)
-{
-    ngx_http_upstream_rr_peers_wlock(peers);
 }
 
 
@@ -46,11 +46,12 @@ ngx_http_jvm_route_peer_ref(ngx_http_upstream_rr_peers_t *peers,
 
 
 /* The generation of the peer list: it changes when a zone's resolver adds or
- * removes peers. 0 when the list cannot change at run time. */
+ * removes peers. 0 when the list cannot change at run time. The caller holds
+ * the list's lock. */
 ngx_uint_t
 ngx_http_jvm_route_peers_generation(ngx_http_upstream_rr_peers_t *peers)
 {
-#if (NGX_HTTP_UPSTREAM_ZONE && nginx_version >= 1027003)
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
     return peers->config ? *peers->config : 0;
 #else
     return 0;
@@ -58,44 +59,44 @@ ngx_http_jvm_route_peers_generation(ngx_http_upstream_rr_peers_t *peers)
 }
 
 
-/* Whether the request's view of the peers is older than the list itself;
- * round robin answers NGX_BUSY in that case, and so must we. */
-static ngx_uint_t
-ngx_http_jvm_route_peers_stale(ngx_http_upstream_rr_peer_data_t *rrp)
+/* The generation the request's round-robin data was set up with. */
+ngx_uint_t
+ngx_http_jvm_route_request_generation(ngx_http_upstream_rr_peer_data_t *rrp)
 {
-#if (NGX_HTTP_UPSTREAM_ZONE && nginx_version >= 1027003)
-    return rrp->peers->config && rrp->config != *rrp->peers->config;
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    return rrp->config;
 #else
     return 0;
 #endif
 }
 
 
-/* The generation of the peer list, read under its read lock. */
+/* Takes the read or write lock of a peer list and checks, under it, that the
+ * list is still at the generation the caller's view was built from and, when
+ * rrp is given, at the one the request's round-robin data was set up with
+ * (round robin answers NGX_BUSY otherwise, and so must the caller). Returns 0
+ * without the lock on a mismatch, 1 with it. */
 ngx_uint_t
-ngx_http_jvm_route_peers_locked_generation(ngx_http_upstream_rr_peers_t *peers)
+ngx_http_jvm_route_peers_lock_checked(ngx_http_upstream_rr_peers_t *peers,
+    ngx_uint_t write, ngx_uint_t generation,
+    ngx_http_upstream_rr_peer_data_t *rrp)
 {
-    ngx_uint_t  generation;
+    if (write) {
+        ngx_http_upstream_rr_peers_wlock(peers);
 
-    ngx_http_upstream_rr_peers_rlock(peers);
-    generation = ngx_http_jvm_route_peers_generation(peers);
-    ngx_http_upstream_rr_peers_unlock(peers);
+    } else {
+        ngx_http_upstream_rr_peers_rlock(peers);
+    }
 
-    return generation;
-}
-
-
-/* Takes the write lock of the request's peer list, unless the request's view
- * of the peers is stale: then returns 0 without the lock. */
-ngx_uint_t
-ngx_http_jvm_route_peers_wlock_current(ngx_http_upstream_rr_peer_data_t *rrp)
-{
-    ngx_http_upstream_rr_peers_wlock(rrp->peers);
-
-    if (ngx_http_jvm_route_peers_stale(rrp)) {
-        ngx_http_upstream_rr_peers_unlock(rrp->peers);
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    if (peers->config
+        && (*peers->config != generation
+            || (rrp && rrp->config != *peers->config)))
+    {
+        ngx_http_upstream_rr_peers_unlock(peers);
         return 0;
     }
+#endif
 
     return 1;
 }
@@ -107,6 +108,44 @@ ngx_http_jvm_route_peers_can_change(ngx_http_upstream_srv_conf_t *us)
 {
 #if (NGX_HTTP_UPSTREAM_ZONE)
     return us->shm_zone != NULL;
+#else
+    return 0;
+#endif
+}
+
+
+/* The resolve server a peer came from: the host shared by its template and
+ * every peer resolved from it; NULL for a peer with a fixed address. */
+void *
+ngx_http_jvm_route_peer_host(ngx_http_upstream_rr_peer_t *peer)
+{
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    return peer->host;
+#else
+    return NULL;
+#endif
+}
+
+
+/* The list's resolve templates: one per resolve server of the list, in
+ * configuration order. */
+ngx_http_upstream_rr_peer_t *
+ngx_http_jvm_route_peers_resolve(ngx_http_upstream_rr_peers_t *peers)
+{
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    return peers->resolve;
+#else
+    return NULL;
+#endif
+}
+
+
+/* Whether a configured server is resolved at run time ("resolve"). */
+ngx_uint_t
+ngx_http_jvm_route_server_resolves(ngx_http_upstream_server_t *server)
+{
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    return server->host.len != 0;
 #else
     return 0;
 #endif

@@ -17,7 +17,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModule, HttpModuleMainConf};
 
-use crate::balancer::RequestCtx;
+use crate::request::RequestCtx;
 use crate::Module;
 
 const PAGE_503: &[u8] =
@@ -34,7 +34,7 @@ static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 /// `r` must be a live request.
 unsafe fn request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
     // SAFETY: per the function contract; the slot holds null or the RequestCtx set in
-    // `init_peer`, in the request pool.
+    // `init_peer`, which lives in the request pool.
     unsafe { (*(*r).ctx.add(Module::module().ctx_index)).cast::<RequestCtx>().as_mut() }
 }
 
@@ -72,8 +72,9 @@ unsafe extern "C" fn get_variable(
     v: *mut ngx_http_variable_value_t,
     which: usize,
 ) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and a value to fill; the context lives in the
-    // request pool and the outcome names are static, so the bytes outlive the value's use.
+    // SAFETY: nginx passes a live request and a value to fill; the context and the session id
+    // it slices live in the request's memory, and the outcome names are static, so the bytes
+    // outlive the value's use.
     unsafe {
         let v = &mut *v;
         let Some(ctx) = request_ctx(r) else {
@@ -114,15 +115,30 @@ pub unsafe extern "C" fn add_filters(cf: *mut ngx_conf_t) -> ngx_int_t {
 unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request; the next filter was saved at configuration.
     unsafe {
-        if let Some(ctx) = request_ctx(r) {
+        let mut ctx = request_ctx(r);
+        if ctx.is_none() && (*r).headers_out.status == 502 {
+            // An `error_page` redirect cleared the module contexts: the request's balancer
+            // data still tells whether this module refused it. Attach it again, for the
+            // variables in the access log too.
+            ctx = crate::balancer::balanced_request_ctx(r);
+            if let Some(found) = ctx.as_deref_mut() {
+                // Not nginx's own 502 page any more: the status changes, the body stays.
+                found.keep_body();
+                let request = ngx::http::Request::from_ngx_http_request(r);
+                request.set_module_ctx(std::ptr::from_mut(found).cast(), Module::module());
+            }
+        }
+        if let Some(ctx) = ctx {
             if ctx.refused() && (*r).headers_out.status == 502 {
                 // `$status` in the access log reads `err_status`, which nginx set to 502.
                 (*r).err_status = 503;
                 let out = &mut (*r).headers_out;
                 out.status = 503;
                 out.status_line = ngx_str_t { len: 0, data: null_mut() };
-                out.content_length_n = PAGE_503.len() as _;
-                out.content_length = null_mut();
+                if !ctx.keeps_body() {
+                    out.content_length_n = PAGE_503.len() as _;
+                    out.content_length = null_mut();
+                }
             } else {
                 ctx.clear_refused();
             }
@@ -143,7 +159,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
             None => return Status::NGX_ERROR.0,
         };
         let Some(ctx) = request_ctx(r) else { return next(r, chain) };
-        if !ctx.refused() {
+        if !ctx.refused() || ctx.keeps_body() {
             return next(r, chain);
         }
         if ctx.take_page_sent() {

@@ -662,3 +662,87 @@ fn stream_upstream_servers_are_not_affected() {
          server 127.0.0.1:9002 backup;\n",
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The shared zone's name, and balancing methods the module cannot wrap.
+
+#[test]
+fn a_zone_named_like_the_modules_own_is_reported() {
+    let (output, _path, _dir) = nginx_test_config(&http_block(
+        "    upstream other {\n        zone jvm_route 64k;\n        server 127.0.0.1:8083;\n    }\n    upstream tomcats {\n        server 127.0.0.1:8081 srun_id=tomcat01;\n        jvm_route $cookie_JSESSIONID reverse;\n    }\n",
+        "",
+    ));
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    let emerg = logged(&output, "emerg");
+    assert_eq!(emerg.len(), 1, "{err}");
+    assert!(
+        emerg[0].starts_with(
+            "the shared memory zone \"jvm_route\" that \"jvm_route\" keeps its counters and marks in is already declared for a different use"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("out of memory"), "{err}");
+}
+
+#[test]
+fn stock_methods_are_accepted() {
+    for method in [
+        "least_conn;",
+        "hash $remote_addr;",
+        "hash $request_uri consistent;",
+        "ip_hash;",
+        "random;",
+        "random two least_conn;",
+    ] {
+        assert_accepted(&tomcats_with(&format!(
+            "{method}\n        jvm_route $cookie_JSESSIONID reverse;"
+        )));
+        assert_accepted(&tomcats_with(&format!(
+            "jvm_route $cookie_JSESSIONID reverse;\n        {method}"
+        )));
+    }
+}
+
+#[test]
+fn a_stock_method_with_bad_arguments_is_nginxs_own_error() {
+    assert_rejected(
+        &tomcats_with("least_conn x;"),
+        "least_conn x;",
+        "invalid number of arguments in \"least_conn\" directive",
+    );
+}
+
+/// A third-party balancer whose per-request data is not round robin's: Debian's
+/// `libnginx-mod-http-upstream-fair`, for Debian's nginx (it loads into no other).
+#[test]
+fn a_third_party_balancer_is_refused_with_its_name_and_place() {
+    let fair = Path::new("/usr/lib/nginx/modules/ngx_http_upstream_fair_module.so");
+    let distro = nginx_binary() == Path::new("/usr/sbin/nginx");
+    if !distro || !fair.exists() {
+        eprintln!("skipped: needs the distribution's nginx and libnginx-mod-http-upstream-fair");
+        return;
+    }
+    let conf = format!(
+        "load_module {};\n{}",
+        fair.display(),
+        tomcats_with("fair;\n        jvm_route $cookie_JSESSIONID reverse;")
+    );
+    let (output, path, _dir) = nginx_test_config(&conf);
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    let emerg = logged(&output, "emerg");
+    assert_eq!(emerg.len(), 1, "{err}");
+    let line = line_of(&conf, "upstream tomcats");
+    let expected = format!(
+        "\"jvm_route\" cannot wrap the load balancing method \"fair\" of \
+         ngx_http_upstream_fair_module in upstream \"tomcats\" in {}:{line}: use round robin \
+         (the default), least_conn, hash, ip_hash or random",
+        path.display()
+    );
+    assert_eq!(emerg[0], expected, "{err}");
+    // Without jvm_route the balancer is left alone.
+    let alone = format!("load_module {};\n{}", fair.display(), tomcats_with("fair;"));
+    let (output, _path, _dir) = nginx_test_config(&alone);
+    assert!(output.status.success(), "{}", stderr(&output));
+}

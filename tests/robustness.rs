@@ -216,3 +216,40 @@ fn faults_under_load_lose_no_request() {
     }
     nginx.assert_no_crash();
 }
+
+/// A session id is a credential: the debug log names the route and the outcome, never the id
+/// (needs an nginx built `--with-debug`, as Debian's is).
+#[test]
+fn the_debug_log_names_routes_not_session_ids() {
+    let debug = std::process::Command::new(nginx_binary()).arg("-V").output().expect("nginx -V");
+    if !String::from_utf8_lossy(&debug.stderr).contains("--with-debug") {
+        eprintln!("skipped: this nginx has no debug log (--with-debug)");
+        return;
+    }
+    let tomcats = backends(&["tomcat01", "tomcat02"]);
+    let conf = http_block(
+        &upstream(
+            "tomcats",
+            &tomcats,
+            &[],
+            "        jvm_route $cookie_JSESSIONID|jsessionid reverse;\n",
+        ),
+        "",
+    )
+    .replace("    access_log off;\n", "    access_log off;\n    error_log logs/debug.log debug;\n");
+    let nginx = Nginx::start(1, &conf);
+    assert_eq!(nginx.get_with("/", &[("Cookie", &cookie("tomcat02"))]).backend(), "tomcat02");
+    nginx.get_with("/", &[("Cookie", &cookie("gone"))]);
+    nginx.get("/x;jsessionid=FEDCBA9876543210FEDCBA9876543210.tomcat01");
+    let log = std::fs::read_to_string(nginx.dir().join("logs/debug.log")).expect("debug log");
+    assert!(log.contains("jvm_route: HIT route \"tomcat02\""), "no route in the debug log");
+    assert!(log.contains("jvm_route: MISS route \"gone\""), "no unknown route in the debug log");
+    // nginx itself logs every request header and the request line at debug level; the
+    // module's own lines never hold an id.
+    let from_module: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("jvm_route"))
+        .filter(|l| l.contains("0123456789ABCDEF") || l.contains("FEDCBA98"))
+        .collect();
+    assert!(from_module.is_empty(), "the module logged a session id: {from_module:?}");
+}

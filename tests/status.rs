@@ -94,6 +94,10 @@ fn variables_in_the_access_log() {
     nginx.get_with("/hit", &[("Cookie", &cookie("tomcat02"))]);
     nginx.get_with("/miss", &[("Cookie", &cookie("gone"))]);
     nginx.get("/url;jsessionid=ABC.tomcat03");
+    // A route can be at most as long as a srun_id (64 bytes): a longer one is not shown.
+    let longest = "r".repeat(64);
+    nginx.get_with("/longest", &[("Cookie", &format!("JSESSIONID=ABC.{longest}"))]);
+    nginx.get_with("/too-long", &[("Cookie", &format!("JSESSIONID=ABC.{longest}x"))]);
     tomcats[0].kill();
     nginx.get_with("/failover", &[("Cookie", &cookie("tomcat01"))]);
 
@@ -104,6 +108,8 @@ fn variables_in_the_access_log() {
     assert_eq!(lines.get("/miss"), Some(&"MISS [gone] 200"), "{log}");
     assert_eq!(lines.get("/url;jsessionid=ABC.tomcat03"), Some(&"HIT [tomcat03] 200"), "{log}");
     assert_eq!(lines.get("/failover"), Some(&"FAILOVER [tomcat01] 200"), "{log}");
+    assert_eq!(lines.get("/longest"), Some(&format!("MISS [{longest}] 200").as_str()), "{log}");
+    assert_eq!(lines.get("/too-long"), Some(&"MISS [] 200"), "{log}");
     // The session id itself is a credential: it is not in the log.
     assert!(!log.contains("0123456789ABCDEF"), "{log}");
     nginx.assert_no_crash();
@@ -224,14 +230,15 @@ fn parse_prometheus(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
 }
 
 #[test]
-fn counters_survive_a_reload_unless_the_servers_change() {
+fn counters_survive_a_reload_unless_their_server_changes() {
     let tomcats = backends(&ROUTES);
-    let conf = |servers: &[Backend]| {
+    let conf_with = |servers: &[Backend], params: &[&str]| {
         format!(
             "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{ proxy_pass http://tomcats; }}\n        location = /status {{ jvm_route_status; }}\n    }}\n}}\n",
-            upstream("tomcats", servers, &[], "        jvm_route $cookie_JSESSIONID reverse;\n")
+            upstream("tomcats", servers, params, "        jvm_route $cookie_JSESSIONID reverse;\n")
         )
     };
+    let conf = |servers: &[Backend]| conf_with(servers, &[]);
     let nginx = Nginx::start(2, &conf(&tomcats));
     for _ in 0..7 {
         nginx.get_with("/", &[("Cookie", &cookie("tomcat01"))]);
@@ -246,7 +253,11 @@ fn counters_survive_a_reload_unless_the_servers_change() {
 
     nginx.reload_with(&conf(&tomcats[..2]), 2);
     wait_for_new_workers(&nginx);
-    assert_eq!(hits(&nginx), 0, "other servers: the counters start again");
+    assert_eq!(hits(&nginx), 7, "another server removed: this one's counters are kept");
+
+    nginx.reload_with(&conf_with(&tomcats[..2], &["backup"]), 2);
+    wait_for_new_workers(&nginx);
+    assert_eq!(hits(&nginx), 0, "the server line changed: its counters start again");
     nginx.assert_no_crash();
 }
 
@@ -433,4 +444,36 @@ fn status_directive_errors() {
             "{location}: expected {expected:?}:\n{stderr}"
         );
     }
+}
+
+/// `error_page 502` in front of `failover=off`: the page is the configured one, the status
+/// stays 503, and the access log still says REFUSED.
+#[test]
+fn forced_stickiness_keeps_503_behind_an_error_page() {
+    let mut tomcats = backends(&ROUTES);
+    let conf = format!(
+        "http {{\n    log_format jvm '$request_uri $jvm_route_status [$jvm_route_route] $status';\n    access_log logs/access.log jvm;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n            error_page 502 /bad-gateway.html;\n        }}\n        location = /bad-gateway.html {{\n            internal;\n            return 200 \"the site's own error page\\n\";\n        }}\n    }}\n}}\n",
+        upstream(
+            "tomcats",
+            &tomcats,
+            &["max_fails=1 fail_timeout=30s"],
+            "        jvm_route $cookie_JSESSIONID reverse failover=off;\n"
+        )
+    );
+    let nginx = Nginx::start(1, &conf);
+    tomcats[0].kill();
+    for _ in 0..3 {
+        let r = nginx.get_with("/forced", &[("Cookie", &cookie("tomcat01"))]);
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.body, "the site's own error page\n");
+    }
+    // A real 502 (every server gone) keeps its status.
+    for t in &mut tomcats {
+        t.kill();
+    }
+    assert_eq!(nginx.get("/").status, 502);
+    let log = fs::read_to_string(nginx.dir().join("logs/access.log")).unwrap();
+    let forced: Vec<&str> = log.lines().filter(|l| l.starts_with("/forced ")).collect();
+    assert_eq!(forced, vec!["/forced REFUSED [tomcat01] 503"; 3], "{log}");
+    nginx.assert_no_crash();
 }

@@ -1,13 +1,13 @@
 //! The module's pure logic (no nginx types), compiled on its own for fuzzing: the files are
 //! included by path, so the fuzz package does not depend on the module crate (which links nginx).
 
-#[path = "../../src/session.rs"]
+#[path = "../../src/rules/session.rs"]
 pub mod session;
 
-#[path = "../../src/route.rs"]
+#[path = "../../src/rules/route.rs"]
 pub mod route;
 
-#[path = "../../src/failover.rs"]
+#[path = "../../src/rules/failover.rs"]
 pub mod failover;
 
 /// Where `part` lies in `whole`, if it is a subslice of it (same memory, not equal bytes).

@@ -84,9 +84,14 @@ impl Drop for TempDir {
 }
 
 fn wait_for_port(port: u16, up: bool) {
+    wait_for(("127.0.0.1", port), up)
+}
+
+fn wait_for(addr: (&str, u16), up: bool) {
+    let port = addr.1;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() == up {
+        if TcpStream::connect(addr).is_ok() == up {
             return;
         }
         thread::sleep(Duration::from_millis(20));
@@ -100,6 +105,8 @@ fn wait_for_port(port: u16, up: bool) {
 /// connection open.
 pub struct Backend {
     pub route: String,
+    /// The loopback address it listens on (127.0.0.1 unless started with `start_at`).
+    pub ip: String,
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
@@ -107,9 +114,15 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(route: &str) -> Backend {
+        Backend::start_at(route, "127.0.0.1", free_port())
+    }
+
+    /// A backend on another loopback address (127.0.0.0/8), e.g. one that DNS names.
+    pub fn start_at(route: &str, ip: &str, port: u16) -> Backend {
         let mut backend = Backend {
             route: route.to_owned(),
-            port: free_port(),
+            ip: ip.to_owned(),
+            port,
             dir: TempDir::new(route),
             child: None,
         };
@@ -132,7 +145,7 @@ http {{
     access_log off;
     large_client_header_buffers 8 64k;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen {ip}:{port} reuseport;
         location /slow {{
             alias {dir}/slow;
             limit_rate 2k;
@@ -148,6 +161,7 @@ http {{
     }}
 }}
 "#,
+            ip = self.ip,
             port = self.port,
             route = self.route,
             dir = dir.display()
@@ -166,7 +180,7 @@ http {{
             .spawn()
             .expect("start backend nginx");
         self.child = Some(child);
-        wait_for_port(self.port, true);
+        wait_for((&self.ip, self.port), true);
     }
 
     /// Kills the process (SIGKILL, like a crash) and waits until the port is closed.
@@ -174,12 +188,12 @@ http {{
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            wait_for_port(self.port, false);
+            wait_for((&self.ip, self.port), false);
         }
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 }
 
@@ -473,4 +487,72 @@ pub fn example_config(file: &str, backends: &[Backend]) -> String {
         conf = conf.replace(&format!("127.0.0.1:{}", 8081 + i), &b.addr());
     }
     conf.replace("listen 80;", "listen 127.0.0.1:{port};")
+}
+
+/// A server that accepts connections and never answers, until dropped: a hung backend.
+pub struct Hanging {
+    pub ip: String,
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Hanging {
+    pub fn start_at(ip: &str, port: u16) -> Hanging {
+        let listener = TcpListener::bind((ip, port)).expect("bind hanging server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Hanging { ip: ip.to_owned(), port, stop, thread: Some(thread) }
+    }
+
+    pub fn start() -> Hanging {
+        Hanging::start_at("127.0.0.1", free_port())
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until `check` holds, up to `seconds`; false if it never did.
+pub fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// The version of the nginx under test, as a number like 1028003.
+pub fn nginx_version() -> u64 {
+    let out = Command::new(nginx_binary()).arg("-v").output().expect("nginx -v");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let v = text.rsplit('/').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+    let parts: Vec<u64> = v.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts[..] {
+        [a, b, c] => a * 1_000_000 + b * 1_000 + c,
+        _ => 0,
+    }
 }

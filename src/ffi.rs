@@ -1,28 +1,73 @@
-//! Helpers over nginx's round-robin peers: the locks (C macros, reached through `shim.c`), the
-//! test round robin applies before it picks a peer, and taking a peer for a connection the
+//! The thin FFI layer: byte views of `ngx_str_t`, the peer-list locks and peer helpers that
+//! nginx keeps in C macros (reached through `shim.c`), and taking a peer for a connection the
 //! way round robin does, so that its `free` callback balances the books.
+//!
+//! Everything that dereferences a peer of a list that can change at run time (`zone`) does so
+//! under a [`PeersLock`] that was checked against the generation the caller's indices belong
+//! to; see [`PeersLock::checked`].
+
+use std::ffi::c_void;
 
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_http_upstream_srv_conf_t, ngx_peer_connection_t, ngx_uint_t, time_t,
+    ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_peer_connection_t, ngx_str_t,
+    ngx_uint_t, time_t,
 };
 
 extern "C" {
     fn ngx_http_jvm_route_peers_rlock(peers: *mut ngx_http_upstream_rr_peers_t);
-    fn ngx_http_jvm_route_peers_wlock(peers: *mut ngx_http_upstream_rr_peers_t);
     fn ngx_http_jvm_route_peers_unlock(peers: *mut ngx_http_upstream_rr_peers_t);
     fn ngx_http_jvm_route_peer_ref(
         peers: *mut ngx_http_upstream_rr_peers_t,
         peer: *mut ngx_http_upstream_rr_peer_t,
     );
     fn ngx_http_jvm_route_peers_generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t;
-    fn ngx_http_jvm_route_peers_locked_generation(
-        peers: *mut ngx_http_upstream_rr_peers_t,
-    ) -> ngx_uint_t;
     fn ngx_http_jvm_route_peers_can_change(us: *mut ngx_http_upstream_srv_conf_t) -> ngx_uint_t;
-    fn ngx_http_jvm_route_peers_wlock_current(
-        rrp: *mut ngx_http_upstream_rr_peer_data_t,
+    fn ngx_http_jvm_route_peers_lock_checked(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+        write: ngx_uint_t,
+        generation: ngx_uint_t,
+        rrp: *const ngx_http_upstream_rr_peer_data_t,
     ) -> ngx_uint_t;
+    fn ngx_http_jvm_route_request_generation(
+        rrp: *const ngx_http_upstream_rr_peer_data_t,
+    ) -> ngx_uint_t;
+    fn ngx_http_jvm_route_peer_host(peer: *mut ngx_http_upstream_rr_peer_t) -> *mut c_void;
+    fn ngx_http_jvm_route_peers_resolve(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+    ) -> *mut ngx_http_upstream_rr_peer_t;
+    fn ngx_http_jvm_route_server_resolves(server: *mut ngx_http_upstream_server_t) -> ngx_uint_t;
+}
+
+/// The bytes of an `ngx_str_t`, for as long as the caller says they live.
+///
+/// # Safety
+/// `s` must be empty (or have a null `data`) or point to `len` bytes that stay valid and
+/// unchanged for `'a`.
+#[inline(always)]
+pub unsafe fn bytes<'a>(s: ngx_str_t) -> &'a [u8] {
+    if s.len == 0 || s.data.is_null() {
+        return &[];
+    }
+    // SAFETY: per the function contract.
+    unsafe { std::slice::from_raw_parts(s.data, s.len) }
+}
+
+/// The bytes of an `ngx_str_t`, borrowed with the structure that holds it.
+///
+/// # Safety
+/// `s` must be empty (or have a null `data`) or point to `len` bytes that stay valid and
+/// unchanged while `s` is borrowed: true of every string nginx keeps in its configuration,
+/// its requests and its peers (under the peers' lock).
+#[inline(always)]
+pub unsafe fn str_bytes(s: &ngx_str_t) -> &[u8] {
+    // SAFETY: per the function contract.
+    unsafe { bytes(*s) }
+}
+
+/// Text for messages and pages: the bytes, invalid UTF-8 replaced.
+pub fn lossy(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
 }
 
 /// The `down` value that makes the balancing methods skip a draining server. nginx >= 1.29.6
@@ -36,11 +81,12 @@ pub const DRAINING_DOWN: ngx_uint_t = 1;
 
 const BITS: usize = usize::BITS as usize;
 
-/// A read or write lock on a peer list, released on drop. A no-op without `zone`.
+/// A read or write lock on a peer list, released on drop. Holds nothing for a list that is
+/// not in a zone (it has no lock and never changes).
 pub struct PeersLock(*mut ngx_http_upstream_rr_peers_t);
 
 impl PeersLock {
-    /// Takes the read lock.
+    /// Takes the read lock, with no check.
     ///
     /// # Safety
     /// `peers` must be a valid peer list of a running upstream.
@@ -50,50 +96,46 @@ impl PeersLock {
         PeersLock(peers)
     }
 
-    /// Takes the write lock, as round robin does to pick a peer.
+    /// Takes the read (or write) lock of `peers` and checks, under it, that the list's
+    /// generation is still `generation`, and (with `request`) that the request's round-robin
+    /// snapshot of it is too. On a mismatch the lock is released and `None` returned: peers the
+    /// caller knew may be gone, and indices may have moved. A list that cannot change needs no
+    /// lock and no check (`can_change` false).
     ///
     /// # Safety
-    /// `peers` must be a valid peer list of a running upstream.
-    pub unsafe fn write(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
-        // SAFETY: per the function contract.
-        unsafe { ngx_http_jvm_route_peers_wlock(peers) };
-        PeersLock(peers)
-    }
-}
-
-impl PeersLock {
-    /// Takes the write lock of the request's peer list, unless the request's view of it is
-    /// stale (round robin answers `NGX_BUSY` then, and so must the caller). A list that cannot
-    /// change (`can_change` false: no zone) has no lock and is never stale: nothing to do.
-    ///
-    /// # Safety
-    /// `rrp` must be the request's round-robin data, with a valid peer list; `can_change` must
-    /// be [`can_change`] of its upstream.
+    /// `peers` must be a valid peer list of a running upstream; `can_change` must be
+    /// [`can_change`] of its upstream.
     #[inline]
-    pub unsafe fn write_current(
-        rrp: *mut ngx_http_upstream_rr_peer_data_t,
+    pub unsafe fn checked(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+        write: bool,
         can_change: bool,
+        generation: ngx_uint_t,
+        request: Option<&ngx_http_upstream_rr_peer_data_t>,
     ) -> Option<Self> {
         if !can_change {
             return Some(PeersLock(std::ptr::null_mut()));
         }
-        // SAFETY: per the function contract.
-        let locked = unsafe { ngx_http_jvm_route_peers_wlock_current(rrp) } != 0;
-        // SAFETY: as above.
-        locked.then(|| PeersLock(unsafe { (*rrp).peers }))
+        let rrp = request.map_or(std::ptr::null(), std::ptr::from_ref);
+        // SAFETY: per the function contract; `rrp` is null or the request's data.
+        let locked = unsafe {
+            ngx_http_jvm_route_peers_lock_checked(peers, ngx_uint_t::from(write), generation, rrp)
+        };
+        // Not `then_some`: a PeersLock made and dropped on a mismatch would unlock again.
+        (locked != 0).then(|| PeersLock(peers))
     }
 }
 
 impl Drop for PeersLock {
     fn drop(&mut self) {
         if !self.0.is_null() {
-            // SAFETY: the lock was taken on this list in `read`, `write` or `write_current`.
+            // SAFETY: the lock was taken on this list by `read` or `checked`.
             unsafe { ngx_http_jvm_route_peers_unlock(self.0) };
         }
     }
 }
 
-/// The list's generation: it changes when the zone's resolver changes the peers.
+/// The list's generation: it changes whenever the zone's resolver adds or removes a peer.
 ///
 /// # Safety
 /// `peers` must be valid and locked.
@@ -102,19 +144,44 @@ pub unsafe fn generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t
     unsafe { ngx_http_jvm_route_peers_generation(peers) }
 }
 
+/// The generation of the peer list that the request's round-robin data was set up with.
+pub fn request_generation(rrp: &ngx_http_upstream_rr_peer_data_t) -> ngx_uint_t {
+    // SAFETY: reads one field of the request's data.
+    unsafe { ngx_http_jvm_route_request_generation(rrp) }
+}
+
 /// Whether the upstream's peer list can change at run time (it is in a zone).
 pub fn can_change(us: &ngx_http_upstream_srv_conf_t) -> bool {
     // SAFETY: reads one field of a valid configuration.
     unsafe { ngx_http_jvm_route_peers_can_change(std::ptr::from_ref(us).cast_mut()) != 0 }
 }
 
-/// The list's generation, read under its read lock.
+/// The identity of the `resolve` server a peer was resolved from (null for a peer of a server
+/// with a fixed address).
 ///
 /// # Safety
-/// `peers` must be a valid peer list of a running upstream.
-pub unsafe fn locked_generation(peers: *mut ngx_http_upstream_rr_peers_t) -> ngx_uint_t {
+/// `peer` must be a peer of a locked list.
+pub unsafe fn peer_host(peer: *mut ngx_http_upstream_rr_peer_t) -> *mut c_void {
     // SAFETY: per the function contract.
-    unsafe { ngx_http_jvm_route_peers_locked_generation(peers) }
+    unsafe { ngx_http_jvm_route_peer_host(peer) }
+}
+
+/// The list's `resolve` templates, one per `resolve` server of the list, in configuration
+/// order (null when there are none).
+///
+/// # Safety
+/// `peers` must be a valid, locked list.
+pub unsafe fn resolve_templates(
+    peers: *mut ngx_http_upstream_rr_peers_t,
+) -> *mut ngx_http_upstream_rr_peer_t {
+    // SAFETY: per the function contract.
+    unsafe { ngx_http_jvm_route_peers_resolve(peers) }
+}
+
+/// Whether a configured server is resolved at run time (`resolve`).
+pub fn server_resolves(server: &ngx_http_upstream_server_t) -> bool {
+    // SAFETY: reads one field of a valid server.
+    unsafe { ngx_http_jvm_route_server_resolves(std::ptr::from_ref(server).cast_mut()) != 0 }
 }
 
 /// The peers of a list, in order.
@@ -171,7 +238,8 @@ pub fn is_failed(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
 /// does after choosing it: current peer, reference, tried bit, `checked`, address, `conns`.
 ///
 /// # Safety
-/// `rrp->peers` must be write-locked and hold `peer` at `index`.
+/// `rrp->peers` must be write-locked (checked against the request's generation) and hold
+/// `peer` at `index`; `rrp->tried` has a bit for every peer of that list.
 #[inline(always)]
 pub unsafe fn take(
     pc: &mut ngx_peer_connection_t,

@@ -1,197 +1,37 @@
-//! Configuration: the `jvm_route` directive, the pass-through of the stock `server` and
-//! `keepalive` directives, and the per-upstream configuration they fill in.
+//! The directive handlers: `jvm_route`, `jvm_route_status`, and the pass-through of the stock
+//! upstream directives this module needs to see (`server`, `keepalive`, and the balancing
+//! methods).
 //!
 //! nginx offers an upstream `server` line to this module first (see `ngx_module_order` in
-//! `lib.rs`). The handler takes out the parameters it owns (`srun_id=`, `max_busy=`), hands the
-//! rest to the next module's `server` handler so that nginx parses and reports everything else
-//! itself, and then records the srun_id against the index of the server just added.
+//! `lib.rs`). The handler takes out the parameters it owns (`srun_id=`, `max_busy=`, `drain`),
+//! hands the rest to the next module's `server` handler so that nginx parses and reports
+//! everything else itself, and then records the srun_id against the index of the server just
+//! added.
 
-use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_void};
 use std::ptr::{self, null_mut};
 
-use ngx::core::Pool;
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_array_t, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_upstream_init_peer_pt,
-    ngx_http_upstream_init_pt, ngx_http_upstream_main_conf_t, ngx_http_upstream_server_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_pnalloc, ngx_str_t, ngx_uint_t,
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_int_t, ngx_module_t, ngx_pnalloc, ngx_str_t, ngx_uint_t,
     NGX_CONF_1MORE, NGX_CONF_2MORE, NGX_CONF_ANY, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
     NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_CONF_TAKE4, NGX_CONF_TAKE5, NGX_CONF_TAKE6, NGX_CONF_TAKE7,
-    NGX_HTTP_MODULE, NGX_LOG_EMERG, NGX_LOG_WARN,
+    NGX_HTTP_MODULE, NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
     NgxHttpCoreModule, NgxHttpUpstreamModule,
 };
-use ngx::{ngx_conf_log_error, ngx_log_error};
+use ngx::ngx_conf_log_error;
 
-use crate::balancer;
-use crate::failover::Failover;
-use crate::route::{validate_srun_id, RouteMode, SrunIdError};
-use crate::upstream::PeerRoutes;
+use super::{
+    conf_error, ConfError, JvmRoute, LocationConf, SessionSource, StatusConf, UpstreamConf,
+};
+use crate::ffi::{lossy, str_bytes};
+use crate::rules::failover::Failover;
+use crate::rules::route::{validate_srun_id, RouteMode};
 use crate::Module;
-
-/// Where a request's session id is read.
-#[derive(Debug)]
-pub enum SessionSource {
-    /// `$cookie_NAME`: every cookie of that name is a candidate, not only the first.
-    Cookie(Box<[u8]>),
-    /// Any other variable or complex value: its value is the one candidate.
-    Value(*mut ngx_http_complex_value_t),
-}
-
-/// The `jvm_route` directive of one upstream.
-#[derive(Debug)]
-pub struct JvmRoute {
-    /// Where the session id comes from.
-    pub source: SessionSource,
-    /// The session parameter's name in the URL (`;NAME=` and `?NAME=`), if it is looked for.
-    pub url_name: Option<Box<[u8]>>,
-    /// How a session id names its route.
-    pub mode: RouteMode,
-    /// Where a session goes when its server cannot take it.
-    pub failover: Failover,
-}
-
-/// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
-#[derive(Default)]
-pub struct UpstreamConf {
-    /// The `jvm_route` directive, if the upstream has one.
-    pub jvm_route: Option<JvmRoute>,
-    /// srun_id of each server, by its index in `uscf->servers`.
-    pub srun_ids: Vec<Option<Box<[u8]>>>,
-    /// The balancer's `init_upstream` that this module wraps (`None`: round robin).
-    pub original_init_upstream: ngx_http_upstream_init_pt,
-    /// The balancer's per-request `init` that this module wraps.
-    pub original_init_peer: ngx_http_upstream_init_peer_pt,
-    /// `keepalive`'s `init_upstream`, when `keepalive` wrapped this module.
-    pub keepalive_init_upstream: ngx_http_upstream_init_pt,
-    /// Servers marked `drain`, by index in `uscf->servers`.
-    pub drain: Vec<bool>,
-    /// This upstream's index among those with `jvm_route` (its statistics).
-    pub index: usize,
-    /// The first statistics slot of this upstream's peers.
-    pub slot_base: usize,
-    /// Slots of primary peers, then of backup peers, from `slot_base` on.
-    pub primary_slots: usize,
-    /// See `primary_slots`.
-    pub backup_slots: usize,
-    /// The worker's view of the current peer list, built on first use.
-    pub routes: UnsafeCell<Option<PeerRoutes>>,
-    /// The worker's spare request states.
-    pub spares: crate::balancer::Spares,
-    /// The shared memory zone of the counters and runtime marks.
-    pub zone: Option<std::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
-}
-
-/// This module's configuration of the `http {}` block.
-#[derive(Default)]
-pub struct MainConf {
-    /// The shared memory zone of the counters and runtime marks (null without `jvm_route`).
-    pub zone: Option<std::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
-    /// The upstreams with `jvm_route`, in statistics order.
-    pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Whether some upstream refuses requests (`failover=off`): the 503 filter is needed.
-    pub refusing: bool,
-    /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
-    status_names: Vec<(Box<[u8]>, String, usize)>,
-}
-
-impl MainConf {
-    /// The counters and runtime marks, once nginx initialised the zone.
-    pub fn stats(&self) -> Option<crate::stats::Stats> {
-        // SAFETY: the zone was declared by `add_zone`.
-        self.zone.and_then(|z| unsafe { crate::stats::from_zone(z.as_ptr()) })
-    }
-}
-
-/// `jvm_route_status` of one location.
-#[derive(Debug, Default, Clone)]
-pub struct StatusConf {
-    /// Only this upstream, or all with `jvm_route`.
-    pub upstream: Option<Box<[u8]>>,
-    /// Whether POST requests may drain, undrain, mark down and up.
-    pub control: bool,
-}
-
-/// This module's configuration of a location.
-#[derive(Debug, Default)]
-pub struct LocationConf {
-    /// The status page served here, if any.
-    pub status: Option<StatusConf>,
-}
-
-impl ngx::http::Merge for LocationConf {
-    fn merge(&mut self, _prev: &Self) -> Result<(), ngx::http::MergeConfigError> {
-        // A status page belongs to the location that names it, never to nested ones.
-        Ok(())
-    }
-}
-
-/// Why a directive is rejected. Messages read like nginx's own; nginx appends the file and line.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfError {
-    /// A bad `srun_id=` value.
-    #[error("invalid srun_id \"{value}\" in \"server\" directive: srun_id {reason}")]
-    SrunId {
-        /// The value as written.
-        value: String,
-        /// What is wrong with it.
-        reason: SrunIdError,
-    },
-    /// `srun_id=` twice on one line.
-    #[error("duplicate srun_id in \"server\" directive")]
-    DuplicateSrunId,
-    /// A bad `max_busy=` value.
-    #[error("invalid max_busy \"{0}\" in \"server\" directive")]
-    MaxBusy(String),
-    /// `max_busy=` together with `max_conns=`.
-    #[error("\"max_busy\" and \"max_conns\" are both set in \"server\" directive")]
-    MaxBusyAndMaxConns,
-    /// `srun_id=` and a different native `route=`.
-    #[error("\"srun_id\" and \"route\" differ in \"server\" directive")]
-    SrunIdAndRoute,
-    /// An option given twice.
-    #[error("duplicate option \"{0}\" in \"jvm_route\" directive")]
-    DuplicateOption(String),
-    /// A bad `failover=` value.
-    #[error(
-        "invalid failover \"{0}\" in \"jvm_route\" directive: use \"balance\", \"consistent\" or \"off\""
-    )]
-    FailoverMode(String),
-    /// A bad `jvm_route_status` argument.
-    #[error("invalid parameter \"{0}\" in \"jvm_route_status\" directive")]
-    StatusParameter(String),
-    /// An option that `jvm_route` does not know.
-    #[error("invalid parameter \"{0}\" in \"jvm_route\" directive")]
-    UnknownOption(String),
-    /// A SOURCE without any variable.
-    #[error("invalid session source \"{0}\" in \"jvm_route\" directive: it has no variable (e.g. $cookie_JSESSIONID)")]
-    SourceWithoutVariable(String),
-    /// `$cookie_` with no name.
-    #[error("invalid session source \"{0}\" in \"jvm_route\" directive: the cookie name is empty")]
-    EmptyCookieName(String),
-    /// A SOURCE that nginx cannot compile.
-    #[error("invalid session source \"{0}\" in \"jvm_route\" directive")]
-    BadSource(String),
-    /// A bad URL parameter name after `|`.
-    #[error("invalid URL parameter name \"{0}\" in \"jvm_route\" directive: use letters, digits, \"_\", \"-\" or \".\"")]
-    UrlName(String),
-    /// The module found no other handler to pass a stock directive to.
-    #[error("no module handles \"{0}\" after {module}", module = crate::MODULE_NAME)]
-    NoNextHandler(String),
-    /// nginx ran out of memory.
-    #[error("out of memory")]
-    NoMemory,
-}
-
-/// Logs `err` as an `[emerg]` at the current file and line and returns `NGX_CONF_ERROR`.
-fn conf_error(cf: *mut ngx_conf_t, err: ConfError) -> *mut c_char {
-    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{err}");
-    ngx::core::NGX_CONF_ERROR as *mut c_char
-}
 
 /// The arguments of the directive being handled, name first.
 ///
@@ -202,27 +42,11 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a mut [ngx_str_t] {
     unsafe { (*(*cf).args).as_slice_mut::<ngx_str_t>() }
 }
 
-/// The bytes of an `ngx_str_t`, for as long as the caller says they live.
-///
-/// # Safety
-/// `s` must be empty or point to `len` bytes that stay valid and unchanged for `'a`.
-pub unsafe fn str_bytes_for<'a>(s: ngx_str_t) -> &'a [u8] {
-    if s.len == 0 || s.data.is_null() {
-        return &[];
-    }
-    // SAFETY: per the function contract.
-    unsafe { std::slice::from_raw_parts(s.data, s.len) }
-}
-
-/// The bytes of an `ngx_str_t` from nginx (empty for a null one), borrowed with it.
-pub fn str_bytes(s: &ngx_str_t) -> &[u8] {
-    // SAFETY: a non-empty ngx_str_t from nginx points to `len` readable bytes, which live at
-    // least as long as the structure that holds it.
-    unsafe { str_bytes_for(*s) }
-}
-
-fn lossy(s: &[u8]) -> String {
-    String::from_utf8_lossy(s).into_owned()
+/// The bytes of a directive argument.
+fn arg_bytes(arg: &ngx_str_t) -> &[u8] {
+    // SAFETY: only called on the arguments `args` returns: strings of the configuration being
+    // read, which live as long as the configuration pool.
+    unsafe { str_bytes(arg) }
 }
 
 /// Handler of the upstream `server` directive: see the module documentation above.
@@ -247,7 +71,7 @@ pub unsafe extern "C" fn cmd_server(
 
     for i in 2..args.len() {
         let arg = args[i];
-        let value = str_bytes(&arg);
+        let value = arg_bytes(&arg);
         if let Some(id) = value.strip_prefix(b"srun_id=") {
             if srun_id.is_some() {
                 return conf_error(cf, ConfError::DuplicateSrunId);
@@ -354,7 +178,7 @@ pub unsafe extern "C" fn cmd_keepalive(
     };
 
     let below = uscf.peer.init_upstream;
-    uscf.peer.init_upstream = Some(balancer::init_upstream);
+    uscf.peer.init_upstream = Some(crate::INIT_UPSTREAM);
 
     // SAFETY: `cmd` and `cf` come from nginx for this directive.
     let rv = unsafe { forward_to_next_module(cf, cmd) };
@@ -362,7 +186,7 @@ pub unsafe extern "C" fn cmd_keepalive(
         uscf.peer.init_upstream = below;
         return rv;
     }
-    let ours = Some(balancer::init_upstream as unsafe extern "C" fn(_, _) -> ngx_int_t);
+    let ours = Some(crate::INIT_UPSTREAM as unsafe extern "C" fn(_, _) -> ngx_int_t);
     if uscf.peer.init_upstream.map(|f| f as usize) == ours.map(|f| f as usize) {
         // This keepalive does not wrap init_upstream (nginx >= 1.29.x wraps every upstream's
         // per-request init at the end of http{} instead, which is above this module anyway):
@@ -372,6 +196,33 @@ pub unsafe extern "C" fn cmd_keepalive(
     }
     ucf.original_init_upstream = below;
     ucf.keepalive_init_upstream = uscf.peer.init_upstream;
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of the stock balancing methods (`least_conn`, `hash`, `ip_hash`, `random`) inside
+/// `upstream {}`: passes the directive on, then notes the `init_upstream` it set. Those methods'
+/// per-request data begins with round robin's, which this module relies on; any other method
+/// is refused at the end of `http {}` (see `init::check_method`).
+///
+/// # Safety
+/// Called by nginx with a valid `cf` inside `upstream {}`; `conf` is this module's
+/// `UpstreamConf` of that upstream.
+pub unsafe extern "C" fn cmd_method(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let ucf = unsafe { &mut *conf.cast::<UpstreamConf>() };
+    // SAFETY: `cmd` and `cf` come from nginx for this directive.
+    let rv = unsafe { forward_to_next_module(cf, cmd) };
+    if rv != ngx::core::NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: `cf` is the live configuration nginx passed to this handler.
+    if let Some(uscf) = NgxHttpUpstreamModule::server_conf(unsafe { &*cf }) {
+        ucf.stock_method = uscf.peer.init_upstream;
+    }
     ngx::core::NGX_CONF_OK
 }
 
@@ -394,7 +245,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
     let mut failover = Failover::Balance;
     let mut seen: Vec<&[u8]> = Vec::new();
     for option in &args[2..] {
-        let option = str_bytes(option);
+        let option = arg_bytes(option);
         let (name, value) = match option.iter().position(|&b| b == b'=') {
             Some(eq) => (&option[..eq], Some(&option[eq + 1..])),
             None => (option, None),
@@ -415,7 +266,7 @@ pub unsafe extern "C" fn cmd_jvm_route(
         }
     }
 
-    let spec = str_bytes(&args[1]);
+    let spec = arg_bytes(&args[1]);
     let (source_text, url_name) = match spec.iter().position(|&b| b == b'|') {
         Some(bar) => (&spec[..bar], Some(&spec[bar + 1..])),
         None => (spec, None),
@@ -602,7 +453,7 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
     }
     let mut status = StatusConf::default();
     for arg in &args[1..] {
-        match str_bytes(arg) {
+        match arg_bytes(arg) {
             b"control" if !status.control => status.control = true,
             name if status.upstream.is_none()
                 && !name.is_empty()
@@ -628,7 +479,7 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
     // SAFETY: `cf` is inside a location, whose core configuration takes the content handler.
     match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
         Some(clcf) => {
-            clcf.handler = Some(crate::status::handler);
+            clcf.handler = Some(crate::STATUS_HANDLER);
             ngx::core::NGX_CONF_OK
         }
         None => ngx::core::NGX_CONF_ERROR as *mut c_char,
@@ -648,149 +499,4 @@ unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
         }
         (lossy(str_bytes(&(*file).file.name)), (*file).line)
     }
-}
-
-/// Runs before the upstream module initialises the balancers (this module is loaded before
-/// it): wraps the balancer of every upstream that has `jvm_route`, whatever the directive
-/// order; lays out the shared statistics; checks the upstream names of `jvm_route_status`;
-/// and warns about srun_ids that nothing reads.
-///
-/// # Safety
-/// Called by nginx at the end of the `http {}` block with a valid `cf`; `conf` is this
-/// module's `MainConf`.
-pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
-    // SAFETY: per the function contract.
-    let main = unsafe { &mut *conf.cast::<MainConf>() };
-    // SAFETY: `cf` is valid; the upstream module's main configuration exists in http{}.
-    let Some(umcf) = (unsafe { NgxHttpUpstreamModule::main_conf(&*cf) }) else {
-        return ngx::core::NGX_CONF_OK;
-    };
-    let umcf: &ngx_http_upstream_main_conf_t = umcf;
-    // SAFETY: `upstreams` is an array of `ngx_http_upstream_srv_conf_t *`.
-    let upstreams = unsafe { umcf.upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>() };
-
-    let mut slots = 0;
-    let mut drained = Vec::new();
-    let mut parts: Vec<Vec<u8>> = Vec::new();
-    for &uscf_ptr in upstreams {
-        // SAFETY: every element is a valid upstream configuration.
-        let uscf = unsafe { &mut *uscf_ptr };
-        let Some(ucf) = Module::server_conf_mut(uscf) else { continue };
-        if ucf.jvm_route.is_none() {
-            if ucf.srun_ids.iter().any(Option::is_some) {
-                warn_unused_srun_ids(cf, uscf);
-            }
-            continue;
-        }
-        let ours = Some(balancer::init_upstream as unsafe extern "C" fn(_, _) -> ngx_int_t);
-        let current = uscf.peer.init_upstream.map(|f| f as usize);
-        let under_keepalive = ucf.keepalive_init_upstream.is_some()
-            && current == ucf.keepalive_init_upstream.map(|f| f as usize);
-        if !under_keepalive && current != ours.map(|f| f as usize) {
-            ucf.original_init_upstream = uscf.peer.init_upstream;
-            uscf.peer.init_upstream = ours;
-        }
-
-        // Statistics slots: primary peers, then backup peers, as round robin lays them out.
-        ucf.index = main.upstreams.len();
-        ucf.slot_base = slots;
-        parts.push(str_bytes(&uscf.host).to_vec());
-        let list = servers(uscf);
-        for backup in [false, true] {
-            let mut count = 0;
-            for (i, server) in list.iter().enumerate() {
-                if (server.backup() != 0) != backup {
-                    continue;
-                }
-                if ucf.drain.get(i).copied().unwrap_or(false) {
-                    drained.extend(slots + count..slots + count + server.naddrs);
-                }
-                count += server.naddrs;
-                parts.push(str_bytes(&server.name).to_vec());
-                parts.push(format!("{}/{}", server.naddrs, backup).into_bytes());
-            }
-            if backup {
-                ucf.backup_slots = count;
-            } else {
-                ucf.primary_slots = count;
-            }
-            slots += count;
-        }
-        main.refusing |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off);
-        main.upstreams.push(uscf_ptr);
-    }
-
-    for (name, file, line) in &main.status_names {
-        let known = main.upstreams.iter().any(|&u| {
-            // SAFETY: the upstream configurations live as long as the configuration.
-            str_bytes(unsafe { &(*u).host }) == &name[..]
-        });
-        if !known {
-            // The directive's own file and line, not where the http block ends.
-            ngx_log_error!(
-                NGX_LOG_EMERG,
-                // SAFETY: `cf->log` is the configuration log.
-                unsafe { (*cf).log },
-                "no upstream \"{}\" with \"jvm_route\" for \"jvm_route_status\" in {}:{}",
-                lossy(name),
-                file,
-                line
-            );
-            return ngx::core::NGX_CONF_ERROR as *mut c_char;
-        }
-    }
-
-    if main.upstreams.is_empty() {
-        return ngx::core::NGX_CONF_OK;
-    }
-    let layout = crate::stats::Layout {
-        upstreams: main.upstreams.len(),
-        slots,
-        fingerprint: crate::stats::fingerprint(parts.iter().map(Vec::as_slice)),
-        drained,
-    };
-    // SAFETY: `cf->pool` is the configuration pool; the layout lives as long as the cycle.
-    let layout = unsafe { Pool::from_ngx_pool((*cf).pool) }.allocate(layout);
-    if layout.is_null() {
-        return conf_error(cf, ConfError::NoMemory);
-    }
-    let tag = std::ptr::addr_of!(crate::ngx_http_upstream_jvm_route_module).cast_mut().cast();
-    // SAFETY: `cf` is the configuration being read; `layout` was just allocated in its pool;
-    // the module's address is a stable tag.
-    match unsafe { crate::stats::add_zone(cf, layout, tag) } {
-        Some(zone) => main.zone = std::ptr::NonNull::new(zone),
-        None => return conf_error(cf, ConfError::NoMemory),
-    }
-    for &uscf in &main.upstreams {
-        // SAFETY: the upstream configurations live as long as the configuration.
-        if let Some(ucf) = Module::server_conf_mut(unsafe { &mut *uscf }) {
-            ucf.zone = main.zone;
-        }
-    }
-    ngx::core::NGX_CONF_OK
-}
-
-fn warn_unused_srun_ids(cf: *mut ngx_conf_t, uscf: &ngx_http_upstream_srv_conf_t) {
-    let file = if uscf.file_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: `file_name` is a NUL-terminated configuration file name.
-        unsafe { std::ffi::CStr::from_ptr(uscf.file_name.cast()) }.to_string_lossy().into_owned()
-    };
-    // SAFETY: `cf->log` is the configuration log.
-    let log = unsafe { (*cf).log };
-    ngx_log_error!(
-        NGX_LOG_WARN,
-        log,
-        "upstream \"{}\" has servers with \"srun_id\" but no \"jvm_route\": the srun_ids are not used in {}:{}",
-        lossy(str_bytes(&uscf.host)),
-        file,
-        uscf.line
-    );
-}
-
-/// The servers of an upstream, as `ngx_http_upstream_server_t`.
-pub fn servers(uscf: &ngx_http_upstream_srv_conf_t) -> &[ngx_http_upstream_server_t] {
-    // SAFETY: `servers` is null or an array of `ngx_http_upstream_server_t`.
-    unsafe { uscf.servers.as_ref().map_or(&[], |a: &ngx_array_t| a.as_slice()) }
 }

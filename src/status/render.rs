@@ -1,0 +1,204 @@
+//! The status page's three formats. Every name is escaped for the format it goes into.
+
+use std::fmt::Write as _;
+
+use super::{ServerRow, UpstreamRow, COUNTERS};
+
+/// Text for people: one line per server line, its addresses comma-separated.
+pub(super) fn text(rows: &[UpstreamRow]) -> String {
+    let mut out = String::new();
+    for u in rows {
+        let _ = writeln!(
+            out,
+            "upstream {}: requests with session {}, without session {}, unknown routes {}",
+            u.name, u.with_session, u.without_session, u.unknown_routes
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<24} {:<10} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+            "srun_id",
+            "address",
+            "state",
+            "active",
+            "requests",
+            "hits",
+            "failovers_from",
+            "failovers_to",
+            "failures"
+        );
+        for s in &u.servers {
+            let srun_id = if s.srun_id.is_empty() { "-" } else { &s.srun_id };
+            let addresses: Vec<&str> = s.peers.iter().map(|p| p.address.as_str()).collect();
+            let address = if addresses.is_empty() { s.server.clone() } else { addresses.join(",") };
+            let [requests, hits, from, to, failures] = s.counters;
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<24} {:<10} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+                srun_id,
+                address,
+                s.state,
+                s.active(),
+                requests,
+                hits,
+                from,
+                to,
+                failures
+            );
+        }
+    }
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_server(s: &ServerRow) -> String {
+    let counters: Vec<String> = COUNTERS
+        .iter()
+        .zip(s.counters)
+        .map(|((_, name, _), v)| format!("\"{name}\":{v}"))
+        .collect();
+    let peers: Vec<String> = s
+        .peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"address\":{},\"state\":\"{}\",\"active\":{}}}",
+                json_string(&p.address),
+                p.state,
+                p.active
+            )
+        })
+        .collect();
+    format!(
+        "{{\"srun_id\":{},\"server\":{},\"address\":{},\"state\":\"{}\",\"active\":{},{},\"peers\":[{}]}}",
+        json_string(&s.srun_id),
+        json_string(&s.server),
+        json_string(s.address()),
+        s.state,
+        s.active(),
+        counters.join(","),
+        peers.join(",")
+    )
+}
+
+/// JSON: upstreams, each with its server lines, each with its current addresses (`peers`).
+pub(super) fn json(rows: &[UpstreamRow]) -> String {
+    let upstreams: Vec<String> = rows
+        .iter()
+        .map(|u| {
+            let servers: Vec<String> = u.servers.iter().map(json_server).collect();
+            format!(
+                "{{\"name\":{},\"requests_with_session\":{},\"requests_without_session\":{},\"unknown_routes\":{},\"servers\":[{}]}}",
+                json_string(&u.name),
+                u.with_session,
+                u.without_session,
+                u.unknown_routes,
+                servers.join(",")
+            )
+        })
+        .collect();
+    format!("{{\"upstreams\":[{}]}}\n", upstreams.join(","))
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The states a server line can be in, for the state gauge.
+const STATES: [&str; 6] = ["up", "down", "draining", "failed", "backup", "unresolved"];
+
+/// Prometheus text exposition: one series per server line, labelled with its configured name.
+pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP jvm_route_upstream_requests_total Requests balanced by jvm_route, by whether they carried a session id.");
+    let _ = writeln!(out, "# TYPE jvm_route_upstream_requests_total counter");
+    for u in rows {
+        for (session, v) in [("yes", u.with_session), ("no", u.without_session)] {
+            let _ = writeln!(
+                out,
+                "jvm_route_upstream_requests_total{{upstream=\"{}\",session=\"{session}\"}} {v}",
+                label(&u.name)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP jvm_route_unknown_routes_total Requests whose session ids named no route of the upstream.");
+    let _ = writeln!(out, "# TYPE jvm_route_unknown_routes_total counter");
+    for u in rows {
+        let _ = writeln!(
+            out,
+            "jvm_route_unknown_routes_total{{upstream=\"{}\"}} {}",
+            label(&u.name),
+            u.unknown_routes
+        );
+    }
+    let labels = |u: &UpstreamRow, s: &ServerRow| {
+        format!(
+            "upstream=\"{}\",srun_id=\"{}\",server=\"{}\"",
+            label(&u.name),
+            label(&s.srun_id),
+            label(&s.server)
+        )
+    };
+    for (i, (_, name, help)) in COUNTERS.iter().enumerate() {
+        let _ = writeln!(out, "# HELP jvm_route_server_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE jvm_route_server_{name}_total counter");
+        for u in rows {
+            for s in &u.servers {
+                let _ = writeln!(
+                    out,
+                    "jvm_route_server_{name}_total{{{}}} {}",
+                    labels(u, s),
+                    s.counters[i]
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jvm_route_server_active_connections Connections open to the server's addresses now."
+    );
+    let _ = writeln!(out, "# TYPE jvm_route_server_active_connections gauge");
+    for u in rows {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "jvm_route_server_active_connections{{{}}} {}",
+                labels(u, s),
+                s.active()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jvm_route_server_state The server's state: 1 for the state it is in."
+    );
+    let _ = writeln!(out, "# TYPE jvm_route_server_state gauge");
+    for u in rows {
+        for s in &u.servers {
+            for state in STATES {
+                let _ = writeln!(
+                    out,
+                    "jvm_route_server_state{{{},state=\"{state}\"}} {}",
+                    labels(u, s),
+                    u8::from(s.state == state)
+                );
+            }
+        }
+    }
+    out
+}

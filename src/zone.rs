@@ -1,0 +1,483 @@
+//! The shared zone: counters and runtime marks in shared memory, so that every worker counts
+//! into, and obeys, the same numbers and marks.
+//!
+//! The zone `jvm_route` holds a header, one record per upstream that uses `jvm_route` (three
+//! counters) and one record per `server` line of those upstreams (five counters and a state
+//! word with the drain and down marks set at run time). Each record starts with a key: a hash
+//! of the upstream's name, and for a server line of the upstream's name, the server's name, its
+//! srun_id, whether it is a backup, and its rank among identical lines.
+//!
+//! Lifetime across reloads, the rule of nginx's own upstream zone: the zone is declared
+//! `noreuse`, so every cycle gets fresh shared memory, and the old cycle's memory is never
+//! written, freed or reinterpreted by the new one. The old cycle's workers keep their mapping of
+//! it until they exit, however long that is, and the master unmaps it once the new cycle is up.
+//! While the new zone is laid out (in the master, before the new workers exist), the counters
+//! and marks of every record whose key is in the old zone are copied into it: unchanged servers
+//! keep their numbers and marks whatever else the reload changed. What old workers count after
+//! that moment is not carried over. A binary upgrade (`USR2`) starts a new master with a fresh
+//! zone: marks set at run time are not carried to it.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t,
+};
+
+use crate::rules::failover::hash64;
+
+/// The zone's name.
+pub const ZONE_NAME: &str = "jvm_route";
+
+/// Per-upstream counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum UpstreamCounter {
+    /// Requests that carried a session id.
+    WithSession = 1,
+    /// Requests without a session id.
+    WithoutSession = 2,
+    /// Requests whose session ids named no route of the upstream.
+    UnknownRoute = 3,
+}
+
+const UPSTREAM_WORDS: usize = 4;
+
+/// Per-server counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ServerCounter {
+    /// Attempts sent to the server, by any path.
+    Requests = 1,
+    /// Attempts sent because the session's route named the server.
+    Hits = 2,
+    /// Requests whose route named the server but that went elsewhere.
+    FailoversFrom = 3,
+    /// Requests of another route's session that came here instead.
+    FailoversTo = 4,
+    /// Attempts that failed (connection errors, timeouts, `proxy_next_upstream` cases).
+    Failures = 5,
+}
+
+const STATE_WORD: usize = 6;
+const SERVER_WORDS: usize = 7;
+
+/// Runtime mark: new sessions and fallback traffic avoid the server; its sessions still go.
+pub const STATE_DRAIN: u64 = 1;
+/// Runtime mark: no request goes to the server.
+pub const STATE_DOWN: u64 = 2;
+
+const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
+/// The record layout this code writes and reads; an old zone of another one is not copied.
+const VERSION: u64 = 2;
+const HEADER_WORDS: usize = 5;
+const GENERATION_WORD: usize = 2;
+
+/// What the zone must hold, decided at the end of the `http {}` block.
+pub struct Layout {
+    /// The key of each upstream with `jvm_route`, by its index.
+    pub upstreams: Vec<u64>,
+    /// The key of each server line of those upstreams, by its slot.
+    pub servers: Vec<u64>,
+    /// Slots of servers that the configuration marks `drain`.
+    pub drained: Vec<usize>,
+    /// The previous cycle's zone data (its header), if it had one: read by `init_zone` when
+    /// nginx does not pass it (nginx before 1.27 gives a `noreuse` zone's init no old data).
+    /// Set by `add_zone`.
+    previous: *const AtomicU64,
+}
+
+impl Layout {
+    /// The layout of these records.
+    pub fn new(upstreams: Vec<u64>, servers: Vec<u64>, drained: Vec<usize>) -> Layout {
+        Layout { upstreams, servers, drained, previous: ptr::null() }
+    }
+}
+
+impl Layout {
+    fn words(&self) -> usize {
+        HEADER_WORDS + UPSTREAM_WORDS * self.upstreams.len() + SERVER_WORDS * self.servers.len()
+    }
+}
+
+/// The key of an upstream's record.
+pub fn upstream_key(name: &[u8]) -> u64 {
+    hash64(&[b"upstream", name])
+}
+
+/// The key of a server line's record: what makes it "the same server" across a reload.
+pub fn server_key(upstream: &[u8], server: &[u8], srun_id: &[u8], backup: bool, rank: u32) -> u64 {
+    let kind: &[u8] = if backup { b"backup" } else { b"primary" };
+    hash64(&[b"server", upstream, server, srun_id, kind, &rank.to_le_bytes()])
+}
+
+/// The counters and marks of the running cycle, as a worker sees them.
+#[derive(Clone, Copy)]
+pub struct Stats {
+    words: *const AtomicU64,
+    upstreams: usize,
+    servers: usize,
+}
+
+impl Stats {
+    fn word(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: `words` points to the zone's array of `Layout::words()` atomics, laid out
+        // before the workers started and mapped while this process lives; callers pass indices
+        // below that length.
+        unsafe { &*self.words.add(index) }
+    }
+
+    fn upstream_word(&self, upstream: usize, word: usize) -> Option<&AtomicU64> {
+        (upstream < self.upstreams)
+            .then(|| self.word(HEADER_WORDS + upstream * UPSTREAM_WORDS + word))
+    }
+
+    fn server_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
+        (slot < self.servers).then(|| {
+            self.word(HEADER_WORDS + UPSTREAM_WORDS * self.upstreams + slot * SERVER_WORDS + word)
+        })
+    }
+
+    /// Adds one to an upstream counter.
+    pub fn count_upstream(&self, upstream: usize, counter: UpstreamCounter) {
+        if let Some(w) = self.upstream_word(upstream, counter as usize) {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An upstream counter.
+    pub fn upstream(&self, upstream: usize, counter: UpstreamCounter) -> u64 {
+        self.upstream_word(upstream, counter as usize).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Adds one to a server counter.
+    pub fn count(&self, slot: usize, counter: ServerCounter) {
+        if let Some(w) = self.server_word(slot, counter as usize) {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one to two server counters of the same slot (a sticky hit is a request and a hit).
+    pub fn count_both(&self, slot: usize, first: ServerCounter, second: ServerCounter) {
+        if let Some(base) = self.server_word(slot, 0) {
+            let base: *const AtomicU64 = base;
+            // SAFETY: both counters are words of the slot's record, below SERVER_WORDS.
+            unsafe {
+                (*base.add(first as usize)).fetch_add(1, Ordering::Relaxed);
+                (*base.add(second as usize)).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A server counter.
+    pub fn server(&self, slot: usize, counter: ServerCounter) -> u64 {
+        self.server_word(slot, counter as usize).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// The runtime marks of a server (`STATE_DRAIN`, `STATE_DOWN`).
+    pub fn state(&self, slot: usize) -> u64 {
+        self.server_word(slot, STATE_WORD).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// Sets and clears runtime marks of a server, and bumps the generation so that every
+    /// worker applies them before its next request.
+    pub fn set_state(&self, slot: usize, set: u64, clear: u64) {
+        if let Some(w) = self.server_word(slot, STATE_WORD) {
+            let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                Some((current | set) & !clear)
+            });
+            self.word(GENERATION_WORD).fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Changes whenever a runtime mark changes.
+    pub fn generation(&self) -> u64 {
+        self.word(GENERATION_WORD).load(Ordering::Acquire)
+    }
+}
+
+/// The statistics of a running cycle: the zone's data once nginx initialised it.
+///
+/// # Safety
+/// `zone` must be null or the zone created by [`add_zone`] for the running cycle.
+pub unsafe fn from_zone(zone: *mut ngx_shm_zone_t) -> Option<Stats> {
+    // SAFETY: per the function contract. `data` is the Layout (configuration pool) until
+    // `init_zone` ran, then the header inside the zone's own memory: only the latter is read.
+    unsafe {
+        let zone = zone.as_ref()?;
+        let start = zone.shm.addr as usize;
+        let at = zone.data as usize;
+        if zone.shm.addr.is_null() || at < start || at >= start + zone.shm.size {
+            return None;
+        }
+        read_header(zone.data.cast())
+    }
+}
+
+/// The header at `header`, if it is one of this module's of this version.
+///
+/// # Safety
+/// `header` must be null or point into a zone of this module, at a header written by
+/// `init_zone`, in memory still mapped.
+unsafe fn read_header(header: *const AtomicU64) -> Option<Stats> {
+    if header.is_null() {
+        return None;
+    }
+    // SAFETY: per the function contract.
+    unsafe {
+        if (*header).load(Ordering::Acquire) != MAGIC
+            || (*header.add(1)).load(Ordering::Relaxed) != VERSION
+        {
+            return None;
+        }
+        Some(Stats {
+            words: header,
+            upstreams: (*header.add(3)).load(Ordering::Relaxed) as usize,
+            servers: (*header.add(4)).load(Ordering::Relaxed) as usize,
+        })
+    }
+}
+
+/// Why the zone could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    /// Another zone has the name.
+    #[error(
+        "the shared memory zone \"{ZONE_NAME}\" that \"jvm_route\" keeps its counters and marks \
+         in is already declared for a different use: give the other zone another name"
+    )]
+    NameTaken,
+    /// nginx could not add it.
+    #[error("could not declare the shared memory zone \"{ZONE_NAME}\"")]
+    NotAdded,
+}
+
+/// Declares the shared memory zone for `layout`. The `Layout` is kept in the configuration
+/// pool and read back by [`init_zone`].
+///
+/// # Safety
+/// `cf` must be the configuration being read; `layout` a valid `Layout` that lives as long as
+/// it; `tag` a stable address identifying the module.
+pub unsafe fn add_zone(
+    cf: *mut ngx_conf_t,
+    layout: *mut Layout,
+    tag: *mut c_void,
+) -> Result<*mut ngx_shm_zone_t, ZoneError> {
+    // SAFETY: `cf->cycle` is the cycle being configured.
+    if unsafe { name_taken((*cf).cycle, tag) } {
+        return Err(ZoneError::NameTaken);
+    }
+    // SAFETY: as above; `old_cycle` is the running cycle (or nginx's initial one) while the
+    // new configuration is read; `layout` is valid per the function contract.
+    unsafe { (*layout).previous = previous_data((*cf).cycle, tag) };
+    // SAFETY: `ngx_pagesize` is set before any configuration is read.
+    let page = unsafe { ngx::ffi::ngx_pagesize };
+    // SAFETY: per the function contract, `layout` is valid.
+    let bytes = unsafe { (*layout).words() } * size_of::<u64>();
+    // The slab allocator keeps its own header and page table in the zone; eight pages of room
+    // is what nginx's own zones ask for at least.
+    let size = bytes.div_ceil(page) * page + 8 * page;
+    let mut name = ngx_str_t { len: ZONE_NAME.len(), data: ZONE_NAME.as_ptr().cast_mut() };
+    // SAFETY: per the function contract.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
+    if zone.is_null() {
+        return Err(ZoneError::NotAdded);
+    }
+    // SAFETY: a zone of this name and tag was declared by this module only.
+    unsafe {
+        (*zone).init = Some(init_zone);
+        (*zone).data = layout.cast();
+        // A new mapping every cycle: old workers keep theirs (see the module documentation).
+        (*zone).noreuse = 1;
+    }
+    Ok(zone)
+}
+
+/// This module's zone data in the running cycle, if it has the zone.
+///
+/// # Safety
+/// `cycle` must be the cycle being configured.
+unsafe fn previous_data(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> *const AtomicU64 {
+    // SAFETY: per the function contract; `old_cycle` is null or a live cycle whose
+    // `shared_memory` is a list of `ngx_shm_zone_t`.
+    unsafe {
+        let old = (*cycle).old_cycle;
+        if old.is_null() {
+            return ptr::null();
+        }
+        let mut part: *const ngx_list_part_t = &(*old).shared_memory.part;
+        while !part.is_null() {
+            let zones = (*part).elts.cast::<ngx_shm_zone_t>();
+            for i in 0..(*part).nelts {
+                let z = &*zones.add(i);
+                if crate::ffi::str_bytes(&z.shm.name) == ZONE_NAME.as_bytes() && z.tag == tag {
+                    return z.data.cast();
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    ptr::null()
+}
+
+/// Whether the cycle already has a zone named [`ZONE_NAME`] with another tag.
+///
+/// # Safety
+/// `cycle` must be the cycle being configured.
+unsafe fn name_taken(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> bool {
+    // SAFETY: per the function contract: `shared_memory` is a list of `ngx_shm_zone_t`.
+    unsafe {
+        let mut part: *const ngx_list_part_t = &(*cycle).shared_memory.part;
+        while !part.is_null() {
+            let zones = (*part).elts.cast::<ngx_shm_zone_t>();
+            for i in 0..(*part).nelts {
+                let z = &*zones.add(i);
+                if crate::ffi::str_bytes(&z.shm.name) == ZONE_NAME.as_bytes() && z.tag != tag {
+                    return true;
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    false
+}
+
+/// The zone's `init`: lays out the records in the new zone and copies the counters and marks of
+/// the records the old cycle's zone has too.
+unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx calls this once per cycle, in the master before the workers start, with
+    // the zone declared in `add_zone` (whose `data` is still the Layout, in the configuration
+    // pool) and fresh shared memory (`noreuse`); `old` is null or the old cycle's data of this
+    // zone: its header, still mapped in this process until the new cycle is up, and only read.
+    unsafe {
+        let layout = &*(*zone).data.cast::<Layout>();
+        let shpool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+        let words = layout.words();
+        let header = ngx_slab_alloc(shpool, words * size_of::<u64>()).cast::<AtomicU64>();
+        if header.is_null() {
+            return Status::NGX_ERROR.0;
+        }
+        ptr::write_bytes(header, 0, words);
+        (*header.add(1)).store(VERSION, Ordering::Relaxed);
+        (*header.add(3)).store(layout.upstreams.len() as u64, Ordering::Relaxed);
+        (*header.add(4)).store(layout.servers.len() as u64, Ordering::Relaxed);
+        let stats = Stats {
+            words: header,
+            upstreams: layout.upstreams.len(),
+            servers: layout.servers.len(),
+        };
+        for (i, &key) in layout.upstreams.iter().enumerate() {
+            stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(key, Ordering::Relaxed);
+        }
+        for (slot, &key) in layout.servers.iter().enumerate() {
+            if let Some(w) = stats.server_word(slot, 0) {
+                w.store(key, Ordering::Relaxed);
+            }
+        }
+        // nginx >= 1.27 passes the old cycle's data of a `noreuse` zone; before, it is found
+        // at configuration time. Either way it is still mapped here: nginx unmaps the old
+        // cycle's zones only after every new zone is initialised.
+        let old = if old.is_null() { layout.previous } else { old.cast_const().cast() };
+        if let Some(previous) = read_header(old) {
+            carry_over(&previous, &stats);
+        }
+        for &slot in &layout.drained {
+            stats.set_state(slot, STATE_DRAIN, 0);
+        }
+        (*header).store(MAGIC, Ordering::Release);
+        (*zone).data = header.cast();
+    }
+    Status::NGX_OK.0
+}
+
+/// Copies the counters and marks of every record of `old` whose key `new` has.
+fn carry_over(old: &Stats, new: &Stats) {
+    let index = |count: usize, key: &dyn Fn(usize) -> u64| -> HashMap<u64, usize> {
+        (0..count).map(|i| (key(i), i)).collect()
+    };
+    let old_upstreams = index(old.upstreams, &|i| {
+        old.word(HEADER_WORDS + i * UPSTREAM_WORDS).load(Ordering::Relaxed)
+    });
+    for i in 0..new.upstreams {
+        let key = new.word(HEADER_WORDS + i * UPSTREAM_WORDS).load(Ordering::Relaxed);
+        if let Some(&j) = old_upstreams.get(&key) {
+            for w in 1..UPSTREAM_WORDS {
+                let v = old.word(HEADER_WORDS + j * UPSTREAM_WORDS + w).load(Ordering::Relaxed);
+                new.word(HEADER_WORDS + i * UPSTREAM_WORDS + w).store(v, Ordering::Relaxed);
+            }
+        }
+    }
+    let server_key =
+        |s: &Stats, slot: usize| s.server_word(slot, 0).map_or(0, |w| w.load(Ordering::Relaxed));
+    let old_servers = index(old.servers, &|slot| server_key(old, slot));
+    for slot in 0..new.servers {
+        if let Some(&from) = old_servers.get(&server_key(new, slot)) {
+            for w in 1..SERVER_WORDS {
+                let v = old.server_word(from, w).map_or(0, |w| w.load(Ordering::Acquire));
+                if let Some(to) = new.server_word(slot, w) {
+                    to.store(v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone_of(upstreams: &[u64], servers: &[u64]) -> (Vec<AtomicU64>, Stats) {
+        let layout = Layout::new(upstreams.to_vec(), servers.to_vec(), vec![]);
+        let words: Vec<AtomicU64> = (0..layout.words()).map(|_| AtomicU64::new(0)).collect();
+        let stats =
+            Stats { words: words.as_ptr(), upstreams: upstreams.len(), servers: servers.len() };
+        for (i, &k) in upstreams.iter().enumerate() {
+            stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(k, Ordering::Relaxed);
+        }
+        for (slot, &k) in servers.iter().enumerate() {
+            stats.server_word(slot, 0).unwrap().store(k, Ordering::Relaxed);
+        }
+        (words, stats)
+    }
+
+    #[test]
+    fn a_reload_carries_the_records_whose_keys_stay_and_only_those() {
+        let (a, b, c) = (
+            server_key(b"u", b"a", b"t1", false, 0),
+            server_key(b"u", b"b", b"t2", false, 0),
+            server_key(b"u", b"c", b"t3", false, 0),
+        );
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a, b]);
+        old.count(0, ServerCounter::Requests);
+        old.count(1, ServerCounter::Hits);
+        old.set_state(1, STATE_DRAIN, 0);
+        old.count_upstream(0, UpstreamCounter::WithSession);
+        // The new layout: another upstream first, `a` gone, `c` new, `b` moved.
+        let (_new_words, new) = zone_of(&[upstream_key(b"v"), upstream_key(b"u")], &[c, b]);
+        carry_over(&old, &new);
+        assert_eq!(new.upstream(1, UpstreamCounter::WithSession), 1);
+        assert_eq!(new.upstream(0, UpstreamCounter::WithSession), 0);
+        assert_eq!(new.server(1, ServerCounter::Hits), 1);
+        assert_eq!(new.state(1), STATE_DRAIN);
+        assert_eq!(new.server(0, ServerCounter::Requests), 0);
+        assert_eq!(new.state(0), 0);
+        // The old zone was only read.
+        assert_eq!(old.server(0, ServerCounter::Requests), 1);
+    }
+
+    #[test]
+    fn keys_tell_servers_apart() {
+        let k = |u: &[u8], s: &[u8], id: &[u8], b, r| server_key(u, s, id, b, r);
+        let base = k(b"u", b"a:80", b"t1", false, 0);
+        assert_ne!(base, k(b"v", b"a:80", b"t1", false, 0));
+        assert_ne!(base, k(b"u", b"a:81", b"t1", false, 0));
+        assert_ne!(base, k(b"u", b"a:80", b"t2", false, 0));
+        assert_ne!(base, k(b"u", b"a:80", b"t1", true, 0));
+        assert_ne!(base, k(b"u", b"a:80", b"t1", false, 1));
+        assert_eq!(base, k(b"u", b"a:80", b"t1", false, 0));
+    }
+}

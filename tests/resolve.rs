@@ -1,0 +1,220 @@
+//! `resolve` servers (nginx >= 1.27.3) mixed with servers of fixed addresses, with a real DNS
+//! server (dnsmasq) whose answers change while nginx runs: routing, drain, down/up by control,
+//! counters and status rows follow the right server line through addresses added, replaced and
+//! removed, and a name that stops resolving.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+const SESSION: &str = "JSESSIONID=0123456789ABCDEF0123456789ABCDEF.";
+
+/// dnsmasq answering from a hosts file, on 127.0.0.1.
+struct Dns {
+    port: u16,
+    hosts: std::path::PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Dns {
+    fn start(entries: &[(&str, &str)]) -> Dns {
+        let dir = TempDir::new("dns");
+        let hosts = dir.path().join("hosts");
+        let port = free_port();
+        let mut dns = Dns { port, hosts, child: Command::new("true").spawn().unwrap(), _dir: dir };
+        dns.set(entries);
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--local=/test/"])
+            .arg(format!("--addn-hosts={}", dns.hosts.display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--local-ttl=1",
+                "--pid-file=",
+            ]);
+        if running_as_root() {
+            cmd.arg("--user=root");
+        }
+        dns.child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (Debian package dnsmasq-base)");
+        assert!(eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+        dns
+    }
+
+    /// Replaces the answers (address, name) and tells dnsmasq to read them again.
+    fn set(&self, entries: &[(&str, &str)]) {
+        let text: String = entries.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
+        fs::write(&self.hosts, text).expect("write hosts");
+        // SAFETY: signalling our own child (or a finished `true` before dnsmasq starts).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(nginx: &Nginx) -> Value {
+    let r = nginx.get("/status?format=json");
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).expect("status JSON")
+}
+
+fn row(status: &Value, srun_id: &str) -> Value {
+    status["upstreams"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["srun_id"] == srun_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {srun_id} in {status}"))
+}
+
+fn addresses(status: &Value, srun_id: &str) -> Vec<String> {
+    let r = row(status, srun_id);
+    let mut list: Vec<String> = r["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address"].as_str().unwrap().to_owned())
+        .collect();
+    list.sort();
+    list
+}
+
+fn control(nginx: &Nginx, srun_id: &str, action: &str) -> Response {
+    let raw = format!(
+        "POST /control?upstream=tomcats&srun_id={srun_id}&action={action} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    raw_request(nginx.port, raw.as_bytes())
+}
+
+fn session(nginx: &Nginx, route: &str) -> Response {
+    nginx.get_with("/", &[("Cookie", &format!("{SESSION}{route}"))])
+}
+
+fn spread(nginx: &Nginx, n: usize) -> std::collections::HashMap<String, usize> {
+    let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
+    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
+    tally(&responses)
+}
+
+#[test]
+fn resolve_servers_keep_drain_control_and_counters_on_the_right_server() {
+    if nginx_version() < 1_027_003 {
+        eprintln!(
+            "skipped: nginx {} has no `resolve` in the open-source upstream zone",
+            nginx_version()
+        );
+        return;
+    }
+    let port = free_port();
+    let mut first = Backend::start_at("tomcat01", "127.0.0.1", port);
+    let tomcat02 = Backend::start("tomcat02");
+    let tomcat03 = Backend::start("tomcat03");
+    let dns = Dns::start(&[("127.0.0.1", "a.test")]);
+    let conf = format!(
+        "http {{\n    access_log off;\n    resolver 127.0.0.1:{dns} valid=1s ipv6=off;\n    upstream tomcats {{\n        zone tomcats 64k;\n        server a.test:{port} resolve srun_id=tomcat01;\n        server {t2} srun_id=tomcat02 drain;\n        server {t3} srun_id=tomcat03;\n        jvm_route $cookie_JSESSIONID reverse;\n    }}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n        location = /control {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
+        dns = dns.port,
+        t2 = tomcat02.addr(),
+        t3 = tomcat03.addr(),
+    );
+    let nginx = Nginx::start(2, &conf);
+    let at = |ip: &str| format!("{ip}:{port}");
+    assert!(
+        eventually(15, || addresses(&status(&nginx), "tomcat01") == [at("127.0.0.1")]),
+        "{}",
+        status(&nginx)
+    );
+
+    // Drain of the server after the resolve server: no new sessions.
+    let counts = spread(&nginx, 30);
+    assert_eq!(counts.get("tomcat02"), None, "{counts:?}");
+    assert!(counts.contains_key("tomcat01") && counts.contains_key("tomcat03"), "{counts:?}");
+    for id in ["tomcat01", "tomcat02", "tomcat03"] {
+        assert_eq!(session(&nginx, id).backend(), id);
+    }
+    let s = status(&nginx);
+    assert_eq!(row(&s, "tomcat01")["state"], "up");
+    assert_eq!(row(&s, "tomcat02")["state"], "draining");
+    assert_eq!(row(&s, "tomcat03")["state"], "up");
+    assert_eq!(row(&s, "tomcat02")["server"], tomcat02.addr());
+    assert_eq!(row(&s, "tomcat01")["server"], format!("a.test:{port}"));
+
+    // Control of the last server.
+    assert_eq!(control(&nginx, "tomcat03", "down").status, 200);
+    let counts = spread(&nginx, 10);
+    assert_eq!(counts.get("tomcat01"), Some(&10), "{counts:?}");
+    assert_eq!(session(&nginx, "tomcat03").backend(), "tomcat01");
+    assert_eq!(row(&status(&nginx), "tomcat03")["state"], "down");
+    assert_eq!(control(&nginx, "tomcat03", "up").status, 200);
+
+    // The name moves to another address: the old one stops, the new one is tomcat01.
+    let second = Backend::start_at("tomcat01", "127.0.0.2", port);
+    dns.set(&[("127.0.0.2", "a.test")]);
+    assert!(
+        eventually(15, || addresses(&status(&nginx), "tomcat01") == [at("127.0.0.2")]),
+        "{}",
+        status(&nginx)
+    );
+    first.kill();
+    let hits = row(&status(&nginx), "tomcat01")["hits"].as_u64().unwrap();
+    for _ in 0..10 {
+        let r = session(&nginx, "tomcat01");
+        assert_eq!((r.status, r.backend()), (200, "tomcat01"), "{r:?}");
+    }
+    assert_eq!(row(&status(&nginx), "tomcat01")["hits"].as_u64().unwrap(), hits + 10);
+
+    // A drain mark reaches the resolved peer, and one more address resolved later.
+    assert_eq!(control(&nginx, "tomcat01", "drain").status, 200);
+    let third = Backend::start_at("tomcat01", "127.0.0.3", port);
+    dns.set(&[("127.0.0.2", "a.test"), ("127.0.0.3", "a.test")]);
+    assert!(
+        eventually(15, || addresses(&status(&nginx), "tomcat01")
+            == [at("127.0.0.2"), at("127.0.0.3")]),
+        "{}",
+        status(&nginx)
+    );
+    let counts = spread(&nginx, 20);
+    assert_eq!(counts.get("tomcat01"), None, "{counts:?}");
+    assert_eq!(session(&nginx, "tomcat01").backend(), "tomcat01");
+    assert_eq!(row(&status(&nginx), "tomcat01")["state"], "draining");
+    assert_eq!(control(&nginx, "tomcat01", "undrain").status, 200);
+
+    // The name stops resolving (NXDOMAIN): no addresses; its sessions fail over; then it comes
+    // back.
+    dns.set(&[]);
+    assert!(
+        eventually(15, || addresses(&status(&nginx), "tomcat01").is_empty()),
+        "{}",
+        status(&nginx)
+    );
+    assert_eq!(row(&status(&nginx), "tomcat01")["state"], "unresolved");
+    let r = session(&nginx, "tomcat01");
+    assert_eq!((r.status, r.backend()), (200, "tomcat03"), "{r:?}");
+    dns.set(&[("127.0.0.3", "a.test")]);
+    assert!(
+        eventually(15, || addresses(&status(&nginx), "tomcat01") == [at("127.0.0.3")]),
+        "{}",
+        status(&nginx)
+    );
+    assert_eq!(session(&nginx, "tomcat01").backend(), "tomcat01");
+    let s = status(&nginx);
+    assert_eq!(row(&s, "tomcat02")["state"], "draining");
+    assert_eq!(row(&s, "tomcat03")["state"], "up");
+    drop((second, third));
+    nginx.assert_no_crash();
+}
