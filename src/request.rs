@@ -43,8 +43,8 @@ impl Outcome {
     }
 }
 
-/// Per-request state in the module context (it lives in the request pool, inside the
-/// balancer's per-request data).
+/// Per-request state in the module context (inside the balancer's per-request data, which
+/// lives until the request pool is destroyed).
 #[repr(C)]
 pub struct RequestCtx {
     /// What happened, as of the last attempt.

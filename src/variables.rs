@@ -34,7 +34,7 @@ static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 /// `r` must be a live request.
 unsafe fn request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
     // SAFETY: per the function contract; the slot holds null or the RequestCtx set in
-    // `init_peer`, which lives in the request pool.
+    // `init_peer`, which lives until the request pool is destroyed.
     unsafe { (*(*r).ctx.add(Module::module().ctx_index)).cast::<RequestCtx>().as_mut() }
 }
 
@@ -72,9 +72,9 @@ unsafe extern "C" fn get_variable(
     v: *mut ngx_http_variable_value_t,
     which: usize,
 ) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and a value to fill; the context and the session id
-    // it slices live in the request's memory, and the outcome names are static, so the bytes
-    // outlive the value's use.
+    // SAFETY: nginx passes a live request and a value to fill; the context lives until the
+    // request pool is destroyed, the session id it slices is request memory, and the outcome
+    // names are static, so the bytes outlive the value's use.
     unsafe {
         let v = &mut *v;
         let Some(ctx) = request_ctx(r) else {

@@ -10,6 +10,7 @@
 //! is counted in the shared zone.
 
 mod pick;
+mod state;
 
 use std::ffi::c_void;
 
@@ -17,7 +18,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_palloc, ngx_peer_connection_t, ngx_time,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_pool_cleanup_add, ngx_time,
     ngx_uint_t, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModule, HttpModuleServerConf, Request};
@@ -32,6 +33,7 @@ use crate::worker::{self, View};
 use crate::zone::{ServerCounter, UpstreamCounter};
 use crate::Module;
 use pick::{pick_consistent_peer, pick_sticky_peer, Pick};
+use state::Spares;
 
 /// The wrapped method's peer callbacks, as its per-request `init` set them.
 #[derive(Clone, Copy)]
@@ -46,7 +48,8 @@ struct Wrapped {
 /// No route: the session names none of this upstream's.
 const NO_ROUTE: RouteId = RouteId::MAX;
 
-/// Everything a request needs, in the request pool.
+/// Everything a request needs: taken from [`SPARES`] and given back when the request pool is
+/// destroyed, after the log phase.
 #[repr(C)]
 struct PeerData {
     /// Round robin's per-request data, when round robin is the wrapped method: its `init`
@@ -63,6 +66,17 @@ struct PeerData {
     stamp: u32,
     /// The module context of the request.
     ctx: RequestCtx,
+}
+
+/// This worker's spare request states.
+static SPARES: Spares<PeerData> = Spares::new();
+
+/// The request pool's cleanup: the request is over, its state becomes spare.
+unsafe extern "C" fn release_state(data: *mut c_void) {
+    // SAFETY: `data` is the state taken in `init_peer`. Nothing refers to it any more: the peer
+    // connection, the module context and the keepalive module's data all live in the pool being
+    // destroyed, after the log phase.
+    unsafe { SPARES.give(data.cast()) };
 }
 
 impl PeerData {
@@ -137,10 +151,21 @@ unsafe extern "C" fn init_peer(
         // Before the method's init, which counts the peers that are not down.
         view.apply_marks(stats);
     }
-    // SAFETY: `r` is live, with its pool.
-    let pd = unsafe { ngx_palloc((*r).pool, size_of::<PeerData>()) }.cast::<PeerData>();
+    // SAFETY: `r` is live, with its pool. The record's handler stays unset (skipped by the
+    // pool) until the state is taken.
+    let cleanup = unsafe { ngx_pool_cleanup_add((*r).pool, 0) };
+    if cleanup.is_null() {
+        return Status::NGX_ERROR.0;
+    }
+    let pd = SPARES.take();
     if pd.is_null() {
         return Status::NGX_ERROR.0;
+    }
+    // SAFETY: the record was just added to the request pool; the state is given back when the
+    // pool is destroyed.
+    unsafe {
+        (*cleanup).handler = Some(release_state);
+        (*cleanup).data = pd.cast();
     }
     if original as *const () == ngx_http_upstream_init_round_robin_peer as *const () {
         // SAFETY: `r->upstream` is set while its balancer is initialised; round robin's init
@@ -165,7 +190,8 @@ unsafe extern "C" fn init_peer(
         }
         SessionRoute::NoSession => (NO_ROUTE, &[][..], Outcome::None, None),
     };
-    // SAFETY: the session id is request memory, and the context lives in the request pool.
+    // SAFETY: the session id is request memory, and the context lives until the request pool is
+    // destroyed.
     let ctx = unsafe { RequestCtx::new(outcome, id, text, reverse) };
     // The route only: a session id is a credential and is never logged.
     ngx_log_debug_http!(
@@ -185,9 +211,9 @@ unsafe extern "C" fn init_peer(
         }
     }
 
-    // SAFETY: `r->upstream` is set while its balancer is initialised; `pd` lives in the
-    // request pool and every field but `rr` (round robin's to write, or unused) is written
-    // here, through raw pointers, before any is read.
+    // SAFETY: `r->upstream` is set while its balancer is initialised; `pd` lives until the
+    // request pool is destroyed, and every field but `rr` (round robin's to write, or unused)
+    // is written here, through raw pointers, before any is read.
     unsafe {
         let u = &mut *(*r).upstream;
         (&raw mut (*pd).original_data).write(u.peer.data);
@@ -450,7 +476,7 @@ unsafe extern "C" fn save_peer_session(pc: *mut ngx_peer_connection_t, data: *mu
 /// `r` must be a live request.
 pub unsafe fn balanced_request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
     // SAFETY: per the function contract; while `peer.get` is this module's, `peer.data` is the
-    // request's PeerData, in its pool.
+    // request's PeerData, alive until the request pool is destroyed.
     unsafe {
         let u = (*r).upstream.as_ref()?;
         // `get_peer` is not generic nor inlined where it is stored: one address.
