@@ -6,6 +6,9 @@
 //! A row is a `server` line: its counters and marks are the line's, and it lists the line's
 //! current addresses (a name can have several, and a `resolve` server's change at run time).
 
+mod control;
+mod form;
+mod origin;
 mod render;
 
 use ngx::core::Status;
@@ -88,6 +91,14 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return Status::NGX_ERROR.0;
     };
     let Some(conf) = &lcf.status else { return Status::NGX_ERROR.0 };
+    // SAFETY: as above.
+    let method = unsafe { (*r).method } as u32;
+    if method == NGX_HTTP_POST && conf.control {
+        // SAFETY: `r` is live and its location has `jvm_route_status`.
+        if let Some(rc) = unsafe { control::read_form(r) } {
+            return rc;
+        }
+    }
     // Whatever the method, a body is read and dropped before answering, so that it is never
     // taken for the next request on the connection.
     // SAFETY: `r` is live.
@@ -97,13 +108,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: `r` is live; `args` points into its request line.
     let args = unsafe { bytes((*r).args) };
-    // SAFETY: as above.
-    let method = unsafe { (*r).method } as u32;
 
     if method == NGX_HTTP_POST {
-        let (status, body) = control(conf, main, args);
         // SAFETY: `r` is live.
-        return unsafe { send(r, status, "text/plain", body.as_bytes(), None) };
+        return unsafe { control::respond(r, conf, main, &[]) };
     }
     if method != NGX_HTTP_GET && method != NGX_HTTP_HEAD {
         let allow = if conf.control { "GET, HEAD, POST" } else { "GET, HEAD" };
@@ -138,7 +146,7 @@ fn arg<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// The upstreams this location shows, with their configuration.
-fn upstreams<'a>(
+pub(super) fn upstreams<'a>(
     conf: &StatusConf,
     main: &'a MainConf,
 ) -> impl Iterator<Item = (&'a ngx_http_upstream_srv_conf_t, &'a UpstreamConf)> + 'a {
@@ -161,12 +169,18 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
             let count = |c| stats.as_ref().map_or(0, |s| s.upstream(ucf.index, c));
             // SAFETY: `uscf` is nginx's.
             let (name, lines) = unsafe { (upstream_name(uscf), servers(uscf)) };
+            // A resolver in another worker may change the peers between the view's check and
+            // the snapshot: then the view is rebuilt and read again.
             let mut peers: Vec<(u32, PeerSnapshot)> = Vec::new();
-            if let Some(view) = worker::current(ucf, uscf) {
+            for _ in 0..4 {
+                let Some(view) = worker::current(ucf, uscf) else { break };
                 if let Some(stats) = &stats {
                     view.apply_marks(stats);
                 }
-                peers = snapshot(view, now);
+                if let Some(read) = snapshot(view, now) {
+                    peers = read;
+                    break;
+                }
             }
             let servers = lines
                 .iter()
@@ -236,16 +250,15 @@ impl PeerSnapshot {
 }
 
 /// Every placed peer of the view with its server line, read under the lists' locks into room
-/// allocated before they are taken. Empty if the lists changed since the view was built (the
-/// next request rebuilds it).
-fn snapshot(view: &View, now: time_t) -> Vec<(u32, PeerSnapshot)> {
+/// allocated before they are taken. None if the lists changed since the view was built.
+fn snapshot(view: &View, now: time_t) -> Option<Vec<(u32, PeerSnapshot)>> {
     let mut out = Vec::with_capacity(view.primary.len() + view.backup.len());
     for (kind, list) in [(PeerList::Primary, view.list), (PeerList::Backup, view.backup_list())] {
         if list.is_null() {
             continue;
         }
         // SAFETY: `list` is one of the view's lists.
-        let Some(_lock) = (unsafe { view.lock(list, false, None) }) else { return Vec::new() };
+        let _lock = unsafe { view.lock(list, false, None) }?;
         for info in view.peers(kind) {
             let Some(line) = info.line else { continue };
             // SAFETY: the peer belongs to the read-locked list, at the view's generation.
@@ -270,70 +283,14 @@ fn snapshot(view: &View, now: time_t) -> Vec<(u32, PeerSnapshot)> {
             ));
         }
     }
-    out
-}
-
-/// A control request: `upstream=NAME&srun_id=ID&action=drain|undrain|down|up`.
-fn control(conf: &StatusConf, main: &MainConf, args: &[u8]) -> (usize, String) {
-    if !conf.control {
-        return (403, "control is not enabled here: use \"jvm_route_status control;\"\n".into());
-    }
-    let (Some(upstream_name), Some(srun_id), Some(action)) =
-        (arg(args, b"upstream"), arg(args, b"srun_id"), arg(args, b"action"))
-    else {
-        return (400, "give upstream=NAME&srun_id=ID&action=drain|undrain|down|up\n".into());
-    };
-    let (set, clear, word) = match action {
-        b"drain" => (STATE_DRAIN, 0, "draining"),
-        b"undrain" => (0, STATE_DRAIN, "not draining"),
-        b"down" => (STATE_DOWN, 0, "down"),
-        b"up" => (0, STATE_DOWN, "up"),
-        other => {
-            return (
-                400,
-                format!("unknown action \"{}\": use drain, undrain, down or up\n", lossy(other)),
-            );
-        }
-    };
-    let Some(stats) = main.stats() else {
-        return (500, "no statistics zone\n".into());
-    };
-    let Some((uscf, ucf)) = upstreams(conf, main).find(|(u, _)| {
-        // SAFETY: `u` is nginx's.
-        (unsafe { crate::conf::upstream_name(u) }) == upstream_name
-    }) else {
-        return (404, format!("no upstream \"{}\" with jvm_route here\n", lossy(upstream_name)));
-    };
-    // SAFETY: `uscf` is nginx's.
-    let lines = unsafe { servers(uscf) }.len();
-    let slots: Vec<usize> = (0..lines)
-        .filter(|&line| ucf.srun_id(line) == Some(srun_id))
-        .map(|line| ucf.slot_base + line)
-        .collect();
-    if slots.is_empty() {
-        return (
-            404,
-            format!(
-                "no server with srun_id \"{}\" in upstream \"{}\"\n",
-                lossy(srun_id),
-                lossy(upstream_name)
-            ),
-        );
-    }
-    for &slot in &slots {
-        stats.set_state(slot, set, clear);
-    }
-    if let Some(view) = worker::current(ucf, uscf) {
-        view.apply_marks(&stats);
-    }
-    (200, format!("{} in {}: {word}\n", lossy(srun_id), lossy(upstream_name)))
+    Some(out)
 }
 
 /// Sends a complete response.
 ///
 /// # Safety
 /// `r` must be a live request whose header has not been sent.
-unsafe fn send(
+pub(super) unsafe fn send(
     r: *mut ngx_http_request_t,
     status: usize,
     content_type: &'static str,
@@ -348,8 +305,12 @@ unsafe fn send(
             ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
         out.content_type_len = content_type.len();
         out.content_length_n = body.len() as _;
+        let request = Request::from_ngx_http_request(r);
+        // State changes with every request: no cache may keep a reply.
+        if request.add_header_out("Cache-Control", "no-store").is_none() {
+            return Status::NGX_ERROR.0;
+        }
         if let Some((name, value)) = header {
-            let request = Request::from_ngx_http_request(r);
             if request.add_header_out(name, value).is_none() {
                 return Status::NGX_ERROR.0;
             }

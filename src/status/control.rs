@@ -1,0 +1,212 @@
+//! Control requests: `POST ...?upstream=NAME&srun_id=ID&action=drain|undrain|down|up`, the
+//! arguments in the query or in an `application/x-www-form-urlencoded` body. A request that a
+//! browser marks as coming from another site is refused and changes nothing
+//! ([`origin`](super::origin)).
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
+    ngx_list_part_t, ngx_table_elt_t, NGX_HTTP_SPECIAL_RESPONSE,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
+
+use super::origin::{self, Headers};
+use super::{form, send, servers, upstreams};
+use crate::conf::{MainConf, StatusConf};
+use crate::ffi::{bytes, lossy, str_bytes};
+use crate::worker;
+use crate::zone::{STATE_DOWN, STATE_DRAIN};
+use crate::Module;
+
+/// The longest form body read; longer ones are refused (413). Control arguments are short.
+const MAX_FORM: usize = 4096;
+
+/// Answers a control request whose arguments are `body` (beside the query string).
+///
+/// # Safety
+/// `r` must be a live request of a `jvm_route_status` location, its body read or discarded,
+/// its header not sent.
+pub(super) unsafe fn respond(
+    r: *mut ngx_http_request_t,
+    conf: &StatusConf,
+    main: &MainConf,
+    body: &[u8],
+) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    let headers = unsafe {
+        Headers {
+            host: header(r, b"host"),
+            fetch_site: header(r, b"sec-fetch-site"),
+            origin: header(r, b"origin"),
+            referer: header(r, b"referer"),
+        }
+    };
+    let (status, text) = if !conf.control {
+        (403, "control is not enabled here: use \"jvm_route_status control;\"\n".to_string())
+    } else if origin::is_cross_site(&headers) {
+        (
+            403,
+            "refused: the request comes from another site (Origin, Sec-Fetch-Site or Referer); \
+             nothing was changed\n"
+                .to_string(),
+        )
+    } else {
+        // SAFETY: per the function contract; the query lives as long as the request.
+        let args = unsafe { bytes((*r).args) };
+        control(conf, main, &[args, body])
+    };
+    // SAFETY: per the function contract.
+    unsafe { send(r, status, "text/plain", text.as_bytes(), None) }
+}
+
+/// The value of the request header `name` (lower case), if the request has it.
+///
+/// # Safety
+/// `r` must be a live request; the value lives as long as it.
+unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
+    // SAFETY: per the function contract: `headers` is a list of `ngx_table_elt_t`.
+    unsafe {
+        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
+        while !part.is_null() {
+            let elts = (*part).elts.cast::<ngx_table_elt_t>();
+            for i in 0..(*part).nelts {
+                let h = &*elts.add(i);
+                if h.hash != 0 && str_bytes(&h.key).eq_ignore_ascii_case(name) {
+                    return Some(bytes::<'r>(h.value));
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    None
+}
+
+/// Starts reading a form body, if the request has one: `Some(rc)` to return from the content
+/// handler (the answer follows in [`form_read`]); `None` if there is no form body to read.
+///
+/// # Safety
+/// `r` must be a live POST request of a `jvm_route_status` location with `control`.
+pub(super) unsafe fn read_form(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
+    // SAFETY: per the function contract.
+    unsafe {
+        let content_type = header(r, b"content-type")?;
+        let form = b"application/x-www-form-urlencoded";
+        let is_form = content_type.len() >= form.len()
+            && content_type[..form.len()].eq_ignore_ascii_case(form)
+            && content_type[form.len()..].first().is_none_or(|&b| b == b';' || b == b' ');
+        if !is_form {
+            return None;
+        }
+        let length = (*r).headers_in.content_length_n;
+        if length == 0 || (length < 0 && (*r).headers_in.chunked() == 0) {
+            return None;
+        }
+        if length > MAX_FORM as i64 {
+            return Some(413);
+        }
+        (*r).set_request_body_in_single_buf(1);
+        let rc = ngx_http_read_client_request_body(r, Some(form_read));
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return Some(rc);
+        }
+        Some(Status::NGX_DONE.0)
+    }
+}
+
+/// The form body has been read: answers the control request.
+unsafe extern "C" fn form_read(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls this with the live request whose body it read.
+    let rc = unsafe { answer_form(r) };
+    // SAFETY: as above; the request was kept alive for this call.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// [`form_read`]'s answer.
+///
+/// # Safety
+/// `r` must be a live request whose body was read.
+unsafe fn answer_form(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let (Some(lcf), Some(main)) = (Module::location_conf(request), Module::main_conf(request))
+    else {
+        return Status::NGX_ERROR.0;
+    };
+    let Some(conf) = &lcf.status else { return Status::NGX_ERROR.0 };
+    let mut body = Vec::new();
+    // SAFETY: per the function contract: `request_body` is null or the body read, whose
+    // buffers are a chain in the request pool.
+    unsafe {
+        let rb = (*r).request_body;
+        let mut chain = if rb.is_null() { std::ptr::null_mut() } else { (*rb).bufs };
+        while !chain.is_null() {
+            let buf = (*chain).buf;
+            if (*buf).in_file() != 0 || body.len() > MAX_FORM {
+                return 413;
+            }
+            let len = (*buf).last.offset_from((*buf).pos).max(0) as usize;
+            body.extend_from_slice(std::slice::from_raw_parts((*buf).pos, len));
+            chain = (*chain).next;
+        }
+    }
+    if body.len() > MAX_FORM {
+        return 413;
+    }
+    // SAFETY: per the function contract; the header is not sent yet.
+    unsafe { respond(r, conf, main, &body) }
+}
+
+/// A control request: `upstream=NAME&srun_id=ID&action=drain|undrain|down|up`.
+fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, String) {
+    let get = |name: &[u8]| form::value(sources, name);
+    let (Some(upstream_name), Some(srun_id), Some(action)) =
+        (get(b"upstream"), get(b"srun_id"), get(b"action"))
+    else {
+        return (400, "give upstream=NAME&srun_id=ID&action=drain|undrain|down|up\n".into());
+    };
+    let (upstream_name, srun_id) = (&upstream_name[..], &srun_id[..]);
+    let (set, clear, word) = match &action[..] {
+        b"drain" => (STATE_DRAIN, 0, "draining"),
+        b"undrain" => (0, STATE_DRAIN, "not draining"),
+        b"down" => (STATE_DOWN, 0, "down"),
+        b"up" => (0, STATE_DOWN, "up"),
+        other => {
+            return (
+                400,
+                format!("unknown action \"{}\": use drain, undrain, down or up\n", lossy(other)),
+            );
+        }
+    };
+    let Some(stats) = main.stats() else {
+        return (500, "no statistics zone\n".into());
+    };
+    let Some((uscf, ucf)) = upstreams(conf, main).find(|(u, _)| {
+        // SAFETY: `u` is nginx's.
+        (unsafe { crate::conf::upstream_name(u) }) == upstream_name
+    }) else {
+        return (404, format!("no upstream \"{}\" with jvm_route here\n", lossy(upstream_name)));
+    };
+    // SAFETY: `uscf` is nginx's.
+    let lines = unsafe { servers(uscf) }.len();
+    let slots: Vec<usize> = (0..lines)
+        .filter(|&line| ucf.srun_id(line) == Some(srun_id))
+        .map(|line| ucf.slot_base + line)
+        .collect();
+    if slots.is_empty() {
+        return (
+            404,
+            format!(
+                "no server with srun_id \"{}\" in upstream \"{}\"\n",
+                lossy(srun_id),
+                lossy(upstream_name)
+            ),
+        );
+    }
+    for &slot in &slots {
+        stats.set_state(slot, set, clear);
+    }
+    if let Some(view) = worker::current(ucf, uscf) {
+        view.apply_marks(&stats);
+    }
+    (200, format!("{} in {}: {word}\n", lossy(srun_id), lossy(upstream_name)))
+}
