@@ -297,31 +297,40 @@ pub unsafe fn add_zone(
     Ok(zone)
 }
 
+/// The shared memory zones of `cycle` named [`ZONE_NAME`].
+///
+/// # Safety
+/// `cycle` must be null or a live cycle; the zones are used while it lives.
+unsafe fn zones_named<'a>(cycle: *const ngx_cycle_t) -> impl Iterator<Item = &'a ngx_shm_zone_t> {
+    let first: *const ngx_list_part_t = if cycle.is_null() {
+        ptr::null()
+    } else {
+        // SAFETY: per the function contract: `shared_memory` is a list of `ngx_shm_zone_t`.
+        unsafe { &(*cycle).shared_memory.part }
+    };
+    std::iter::successors((!first.is_null()).then_some(first), |&part| {
+        // SAFETY: as above.
+        let next = unsafe { (*part).next };
+        (!next.is_null()).then_some(next.cast_const())
+    })
+    .flat_map(|part| {
+        // SAFETY: as above: `nelts` zones at `elts`.
+        unsafe { std::slice::from_raw_parts((*part).elts.cast::<ngx_shm_zone_t>(), (*part).nelts) }
+    })
+    .filter(|z| {
+        // SAFETY: a zone's name lives as long as its cycle.
+        (unsafe { crate::ffi::str_bytes(&z.shm.name) }) == ZONE_NAME.as_bytes()
+    })
+}
+
 /// This module's zone data in the running cycle, if it has the zone.
 ///
 /// # Safety
 /// `cycle` must be the cycle being configured.
 unsafe fn previous_data(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> *const AtomicU64 {
-    // SAFETY: per the function contract; `old_cycle` is null or a live cycle whose
-    // `shared_memory` is a list of `ngx_shm_zone_t`.
-    unsafe {
-        let old = (*cycle).old_cycle;
-        if old.is_null() {
-            return ptr::null();
-        }
-        let mut part: *const ngx_list_part_t = &(*old).shared_memory.part;
-        while !part.is_null() {
-            let zones = (*part).elts.cast::<ngx_shm_zone_t>();
-            for i in 0..(*part).nelts {
-                let z = &*zones.add(i);
-                if crate::ffi::str_bytes(&z.shm.name) == ZONE_NAME.as_bytes() && z.tag == tag {
-                    return z.data.cast();
-                }
-            }
-            part = (*part).next;
-        }
-    }
-    ptr::null()
+    // SAFETY: per the function contract; `old_cycle` is null or the running cycle.
+    let mut zones = unsafe { zones_named((*cycle).old_cycle) };
+    zones.find(|z| z.tag == tag).map_or(ptr::null(), |z| z.data.cast_const().cast())
 }
 
 /// Whether the cycle already has a zone named [`ZONE_NAME`] with another tag.
@@ -329,21 +338,8 @@ unsafe fn previous_data(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> *const Ato
 /// # Safety
 /// `cycle` must be the cycle being configured.
 unsafe fn name_taken(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> bool {
-    // SAFETY: per the function contract: `shared_memory` is a list of `ngx_shm_zone_t`.
-    unsafe {
-        let mut part: *const ngx_list_part_t = &(*cycle).shared_memory.part;
-        while !part.is_null() {
-            let zones = (*part).elts.cast::<ngx_shm_zone_t>();
-            for i in 0..(*part).nelts {
-                let z = &*zones.add(i);
-                if crate::ffi::str_bytes(&z.shm.name) == ZONE_NAME.as_bytes() && z.tag != tag {
-                    return true;
-                }
-            }
-            part = (*part).next;
-        }
-    }
-    false
+    // SAFETY: per the function contract.
+    unsafe { zones_named(cycle) }.any(|z| z.tag != tag)
 }
 
 /// The zone's `init`: lays out the records in the new zone and copies the counters and marks of
