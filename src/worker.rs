@@ -387,8 +387,10 @@ fn finish(
         }
     }
     let mode = ucf.jvm_route.as_ref().map_or(RouteMode::Prefix, |j| j.mode);
+    // Every configured srun_id is a route, also while its server has no address (`resolve`).
+    let configured = ucf.srun_ids.iter().filter_map(|id| id.as_deref());
     View {
-        table: RouteTable::build(mode, entries),
+        table: RouteTable::build_with_routes(mode, configured, entries),
         list,
         can_change,
         generation,

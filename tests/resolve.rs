@@ -218,3 +218,59 @@ fn resolve_servers_keep_drain_control_and_counters_on_the_right_server() {
     drop((second, third));
     nginx.assert_no_crash();
 }
+
+/// The failover modes follow a `resolve` server too: with `failover=off` its sessions are
+/// refused while its name does not resolve, and with `failover=consistent` each orphaned
+/// session keeps to one server.
+#[test]
+fn failover_modes_follow_a_resolve_server() {
+    if nginx_version() < 1_027_003 {
+        eprintln!(
+            "skipped: nginx {} has no `resolve` in the open-source upstream zone",
+            nginx_version()
+        );
+        return;
+    }
+    let port = free_port();
+    let _first = Backend::start_at("tomcat01", "127.0.0.1", port);
+    let others = backends(&["tomcat02", "tomcat03", "tomcat04"]);
+    let dns = Dns::start(&[("127.0.0.1", "a.test")]);
+    let conf = |mode: &str| {
+        format!(
+            "http {{\n    access_log off;\n    resolver 127.0.0.1:{dns} valid=1s ipv6=off;\n    upstream tomcats {{\n        zone tomcats 64k;\n        server {t2} srun_id=tomcat02;\n        server a.test:{port} resolve srun_id=tomcat01;\n        server {t3} srun_id=tomcat03;\n        server {t4} srun_id=tomcat04;\n        jvm_route $cookie_JSESSIONID reverse failover={mode};\n    }}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n    }}\n}}\n",
+            dns = dns.port,
+            t2 = others[0].addr(),
+            t3 = others[1].addr(),
+            t4 = others[2].addr(),
+        )
+    };
+    let nginx = Nginx::start(2, &conf("off"));
+    let resolved = || addresses(&status(&nginx), "tomcat01") == [format!("127.0.0.1:{port}")];
+    assert!(eventually(15, resolved), "{}", status(&nginx));
+    assert_eq!(session(&nginx, "tomcat01").backend(), "tomcat01");
+    dns.set(&[]);
+    assert!(eventually(15, || addresses(&status(&nginx), "tomcat01").is_empty()));
+    for _ in 0..5 {
+        assert_eq!(session(&nginx, "tomcat01").status, 503);
+        assert_eq!(session(&nginx, "tomcat03").backend(), "tomcat03");
+    }
+
+    nginx.reload_with(&conf("consistent"), 2);
+    assert!(eventually(15, || {
+        let r = session(&nginx, "tomcat01");
+        r.status == 200
+    }));
+    // Orphans of the unresolved server: each session id keeps to one server.
+    for i in 0..20 {
+        let cookie = format!("JSESSIONID={i:032X}.tomcat01");
+        let seen: std::collections::HashSet<String> = (0..5)
+            .map(|_| nginx.get_with("/", &[("Cookie", &cookie)]).backend().to_owned())
+            .collect();
+        assert_eq!(seen.len(), 1, "session {i} went to {seen:?}");
+        assert!(!seen.contains("tomcat01"));
+    }
+    dns.set(&[("127.0.0.1", "a.test")]);
+    assert!(eventually(15, resolved), "{}", status(&nginx));
+    assert_eq!(session(&nginx, "tomcat01").backend(), "tomcat01");
+    nginx.assert_no_crash();
+}

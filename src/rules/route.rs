@@ -177,6 +177,17 @@ impl RouteTable {
         mode: RouteMode,
         peers: impl IntoIterator<Item = (&'a [u8], PeerList, u32)>,
     ) -> Self {
+        Self::build_with_routes(mode, std::iter::empty(), peers)
+    }
+
+    /// [`build`](Self::build), with a route for each of `srun_ids` even if no peer has it now
+    /// (a server whose name resolves to no address at the moment): its sessions are still
+    /// known, and find no usable peer.
+    pub fn build_with_routes<'a>(
+        mode: RouteMode,
+        srun_ids: impl IntoIterator<Item = &'a [u8]>,
+        peers: impl IntoIterator<Item = (&'a [u8], PeerList, u32)>,
+    ) -> Self {
         let mut table = RouteTable {
             mode,
             slots: vec![Slot::default(); 2],
@@ -184,6 +195,11 @@ impl RouteTable {
             lengths: Vec::new(),
             longest: 0,
         };
+        for srun_id in srun_ids {
+            if table.find(srun_id).is_none() {
+                table.insert(srun_id);
+            }
+        }
         for (srun_id, list, index) in peers {
             let id = match table.find(srun_id) {
                 Some(id) => id,

@@ -201,3 +201,18 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_route_without_peers_is_known_and_has_no_candidates() {
+    let t = RouteTable::build_with_routes(
+        RouteMode::AfterFirstDot,
+        [&b"gone"[..], &b"a"[..]],
+        [(&b"a"[..], PeerList::Primary, 0)],
+    );
+    let gone = t.lookup(b"X.gone").expect("a configured route is known");
+    assert!(t.route(gone).is_some_and(|r| r.primary.is_empty() && r.backup.is_empty()));
+    let a = t.lookup(b"X.a").unwrap();
+    assert_eq!(t.route(a).unwrap().primary, vec![0]);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.lookup(b"X.other"), None);
+}
