@@ -17,7 +17,7 @@ use std::ffi::c_void;
 
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_http_upstream_srv_conf_t, ngx_uint_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_uint_t,
 };
 
 use crate::conf::{server_name, servers, UpstreamConf};
@@ -35,6 +35,8 @@ pub struct PeerInfo {
     pub slot: Option<usize>,
     /// `down` in the configuration.
     pub config_down: bool,
+    /// `weight` in the configuration.
+    pub config_weight: ngx_int_t,
     /// The runtime `down` mark, as last applied.
     pub marked_down: Cell<bool>,
 }
@@ -130,9 +132,11 @@ impl View {
         }
     }
 
-    /// Brings the peers' `down` flags in line with the runtime marks, if they changed since
-    /// this worker last looked: a drained or downed server is skipped by the balancing method
-    /// (`down`), and the configuration's `down` always stays.
+    /// Brings the peers' `down` flags and weights in line with the runtime marks, if they
+    /// changed since this worker last looked: a drained or downed server is skipped by the
+    /// balancing method (`down`), and the configuration's `down` always stays; a runtime
+    /// weight replaces the configured one, and the list's total weight follows (round robin,
+    /// `hash` and `ip_hash` read it).
     #[inline]
     pub fn apply_marks(&self, stats: &Stats) {
         let generation = stats.generation();
@@ -156,6 +160,15 @@ impl View {
             };
             for info in infos {
                 let Some(slot) = info.slot else { continue };
+                let weight = stats.weight(slot).map_or(info.config_weight, |w| w as ngx_int_t);
+                // SAFETY: the peer belongs to the write-locked list, at the view's generation.
+                unsafe {
+                    let peer = &mut *info.peer;
+                    if peer.weight != weight {
+                        peer.weight = weight;
+                        peer.effective_weight = weight;
+                    }
+                }
                 if info.config_down {
                     continue;
                 }
@@ -170,6 +183,16 @@ impl View {
                 };
                 // SAFETY: the peer belongs to the write-locked list, at the view's generation.
                 unsafe { (*info.peer).down = down };
+            }
+            // SAFETY: the list is write-locked; its peers are its own.
+            unsafe {
+                let (mut total, mut number) = (0, 0);
+                for peer in ffi::iter(list) {
+                    total += (*peer).weight as ngx_uint_t;
+                    number += 1;
+                }
+                (*list).total_weight = total;
+                (*list).set_weighted(u32::from(total != number));
             }
         }
         self.applied.set(Some(generation));
@@ -358,6 +381,7 @@ unsafe fn walk(
             line: line.map(|i| i as u32),
             slot: line.map(|i| ucf.slot_base + i),
             config_down: line.is_some_and(|i| servers[i].down != 0),
+            config_weight: line.map_or(1, |i| servers[i].weight as ngx_int_t),
             marked_down: Cell::new(false),
         });
     }

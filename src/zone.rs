@@ -64,7 +64,15 @@ pub enum ServerCounter {
 }
 
 const STATE_WORD: usize = 6;
-const SERVER_WORDS: usize = 7;
+/// The weight set at run time (0: none, the configured weight applies).
+const WEIGHT_WORD: usize = 7;
+/// The configured weight the runtime weight was set against: a reload that changes the
+/// configured weight drops the runtime one.
+const CONFIGURED_WEIGHT_WORD: usize = 8;
+const SERVER_WORDS: usize = 9;
+
+/// The largest weight that can be set at run time (like Apache's load factor, up to 100 there).
+pub const MAX_WEIGHT: u64 = 1000;
 
 /// Runtime mark: new sessions and fallback traffic avoid the server; its sessions still go.
 pub const STATE_DRAIN: u64 = 1;
@@ -73,7 +81,7 @@ pub const STATE_DOWN: u64 = 2;
 
 const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
 /// The record layout this code writes and reads; an old zone of another one is not copied.
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
 const HEADER_WORDS: usize = 5;
 const GENERATION_WORD: usize = 2;
 
@@ -81,8 +89,8 @@ const GENERATION_WORD: usize = 2;
 pub struct Layout {
     /// The key of each upstream with `jvm_route`, by its index.
     pub upstreams: Vec<u64>,
-    /// The key of each server line of those upstreams, by its slot.
-    pub servers: Vec<u64>,
+    /// The key and configured weight of each server line of those upstreams, by its slot.
+    pub servers: Vec<(u64, u64)>,
     /// Slots of servers that the configuration marks `drain`.
     pub drained: Vec<usize>,
     /// The previous cycle's zone data (its header), if it had one: read by `init_zone` when
@@ -93,7 +101,7 @@ pub struct Layout {
 
 impl Layout {
     /// The layout of these records.
-    pub fn new(upstreams: Vec<u64>, servers: Vec<u64>, drained: Vec<usize>) -> Layout {
+    pub fn new(upstreams: Vec<u64>, servers: Vec<(u64, u64)>, drained: Vec<usize>) -> Layout {
         Layout { upstreams, servers, drained, previous: ptr::null() }
     }
 }
@@ -190,6 +198,21 @@ impl Stats {
             let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
                 Some((current | set) & !clear)
             });
+            self.word(GENERATION_WORD).fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The weight set at run time, if any.
+    pub fn weight(&self, slot: usize) -> Option<u64> {
+        let w = self.server_word(slot, WEIGHT_WORD).map_or(0, |w| w.load(Ordering::Acquire));
+        (w != 0).then_some(w)
+    }
+
+    /// Sets the runtime weight of a server (1 to [`MAX_WEIGHT`]), and bumps the generation so
+    /// that every worker applies it before its next request.
+    pub fn set_weight(&self, slot: usize, weight: u64) {
+        if let Some(w) = self.server_word(slot, WEIGHT_WORD) {
+            w.store(weight.clamp(1, MAX_WEIGHT), Ordering::Release);
             self.word(GENERATION_WORD).fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -369,9 +392,12 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
         for (i, &key) in layout.upstreams.iter().enumerate() {
             stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(key, Ordering::Relaxed);
         }
-        for (slot, &key) in layout.servers.iter().enumerate() {
+        for (slot, &(key, weight)) in layout.servers.iter().enumerate() {
             if let Some(w) = stats.server_word(slot, 0) {
                 w.store(key, Ordering::Relaxed);
+            }
+            if let Some(w) = stats.server_word(slot, CONFIGURED_WEIGHT_WORD) {
+                w.store(weight, Ordering::Relaxed);
             }
         }
         // nginx >= 1.27 passes the old cycle's data of a `noreuse` zone; before, it is found
@@ -390,7 +416,8 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
     Status::NGX_OK.0
 }
 
-/// Copies the counters and marks of every record of `old` whose key `new` has.
+/// Copies the counters and marks of every record of `old` whose key `new` has; a runtime
+/// weight only if the configured weight it was set against is unchanged.
 fn carry_over(old: &Stats, new: &Stats) {
     let index = |count: usize, key: &dyn Fn(usize) -> u64| -> HashMap<u64, usize> {
         (0..count).map(|i| (key(i), i)).collect()
@@ -412,10 +439,19 @@ fn carry_over(old: &Stats, new: &Stats) {
     let old_servers = index(old.servers, &|slot| server_key(old, slot));
     for slot in 0..new.servers {
         if let Some(&from) = old_servers.get(&server_key(new, slot)) {
-            for w in 1..SERVER_WORDS {
-                let v = old.server_word(from, w).map_or(0, |w| w.load(Ordering::Acquire));
+            let read = |s: &Stats, slot: usize, w: usize| {
+                s.server_word(slot, w).map_or(0, |w| w.load(Ordering::Acquire))
+            };
+            let same_weight =
+                read(old, from, CONFIGURED_WEIGHT_WORD) == read(new, slot, CONFIGURED_WEIGHT_WORD);
+            for w in 1..=STATE_WORD {
                 if let Some(to) = new.server_word(slot, w) {
-                    to.store(v, Ordering::Relaxed);
+                    to.store(read(old, from, w), Ordering::Relaxed);
+                }
+            }
+            if same_weight {
+                if let Some(to) = new.server_word(slot, WEIGHT_WORD) {
+                    to.store(read(old, from, WEIGHT_WORD), Ordering::Relaxed);
                 }
             }
         }
@@ -427,7 +463,8 @@ mod tests {
     use super::*;
 
     fn zone_of(upstreams: &[u64], servers: &[u64]) -> (Vec<AtomicU64>, Stats) {
-        let layout = Layout::new(upstreams.to_vec(), servers.to_vec(), vec![]);
+        let with_weights: Vec<(u64, u64)> = servers.iter().map(|&k| (k, 1)).collect();
+        let layout = Layout::new(upstreams.to_vec(), with_weights, vec![]);
         let words: Vec<AtomicU64> = (0..layout.words()).map(|_| AtomicU64::new(0)).collect();
         let stats =
             Stats { words: words.as_ptr(), upstreams: upstreams.len(), servers: servers.len() };
@@ -436,6 +473,7 @@ mod tests {
         }
         for (slot, &k) in servers.iter().enumerate() {
             stats.server_word(slot, 0).unwrap().store(k, Ordering::Relaxed);
+            stats.server_word(slot, CONFIGURED_WEIGHT_WORD).unwrap().store(1, Ordering::Relaxed);
         }
         (words, stats)
     }
@@ -451,6 +489,7 @@ mod tests {
         old.count(0, ServerCounter::Requests);
         old.count(1, ServerCounter::Hits);
         old.set_state(1, STATE_DRAIN, 0);
+        old.set_weight(1, 7);
         old.count_upstream(0, UpstreamCounter::WithSession);
         // The new layout: another upstream first, `a` gone, `c` new, `b` moved.
         let (_new_words, new) = zone_of(&[upstream_key(b"v"), upstream_key(b"u")], &[c, b]);
@@ -459,10 +498,26 @@ mod tests {
         assert_eq!(new.upstream(0, UpstreamCounter::WithSession), 0);
         assert_eq!(new.server(1, ServerCounter::Hits), 1);
         assert_eq!(new.state(1), STATE_DRAIN);
+        assert_eq!(new.weight(1), Some(7));
+        assert_eq!(new.weight(0), None);
         assert_eq!(new.server(0, ServerCounter::Requests), 0);
         assert_eq!(new.state(0), 0);
         // The old zone was only read.
         assert_eq!(old.server(0, ServerCounter::Requests), 1);
+    }
+
+    #[test]
+    fn a_changed_configured_weight_drops_the_runtime_one_and_keeps_the_rest() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        old.set_weight(0, 9);
+        old.set_state(0, STATE_DOWN, 0);
+        let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        new.server_word(0, CONFIGURED_WEIGHT_WORD).unwrap().store(3, Ordering::Relaxed);
+        carry_over(&old, &new);
+        assert_eq!(new.weight(0), None);
+        assert_eq!(new.state(0), STATE_DOWN);
+        assert_eq!(MAX_WEIGHT, 1000);
     }
 
     #[test]

@@ -247,36 +247,15 @@ fn counters_survive_a_reload_unless_their_server_changes() {
     assert_eq!(hits(&nginx), 7);
 
     let same = conf(&tomcats);
-    nginx.reload_with(&same, 2);
-    wait_for_new_workers(&nginx);
+    nginx.reload_and_wait(&same, 2);
     assert_eq!(hits(&nginx), 7, "same servers: the counters are kept");
 
-    nginx.reload_with(&conf(&tomcats[..2]), 2);
-    wait_for_new_workers(&nginx);
+    nginx.reload_and_wait(&conf(&tomcats[..2]), 2);
     assert_eq!(hits(&nginx), 7, "another server removed: this one's counters are kept");
 
-    nginx.reload_with(&conf_with(&tomcats[..2], &["backup"]), 2);
-    wait_for_new_workers(&nginx);
+    nginx.reload_and_wait(&conf_with(&tomcats[..2], &["backup"]), 2);
     assert_eq!(hits(&nginx), 0, "the server line changed: its counters start again");
     nginx.assert_no_crash();
-}
-
-/// Waits until the workers of the latest reload answer (their status page no longer lists
-/// what the old ones did, or simply until a few new requests have passed).
-fn wait_for_new_workers(nginx: &Nginx) {
-    let log = nginx.dir().join("logs/error.log");
-    let count = || fs::read_to_string(&log).unwrap_or_default().matches("reconfiguring").count();
-    let before = count();
-    for _ in 0..250 {
-        if count() > before
-            || fs::read_to_string(&log).unwrap_or_default().contains("reconfiguring")
-        {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // Old workers finish their connections and exit; give the new ones the listening socket.
-    thread::sleep(std::time::Duration::from_millis(500));
 }
 
 #[test]

@@ -223,6 +223,14 @@ pub unsafe extern "C" fn cmd_method(
     if let Some(uscf) = NgxHttpUpstreamModule::server_conf(unsafe { &*cf }) {
         ucf.stock_method = uscf.peer.init_upstream;
     }
+    // SAFETY: `cf` is the live configuration nginx passed to this handler.
+    let args = unsafe { args(cf) };
+    let consistent = args[1..].iter().any(|a| arg_bytes(a) == b"consistent");
+    ucf.fixed_weights = match arg_bytes(&args[0]) {
+        b"random" => Some("random"),
+        b"hash" if consistent => Some("hash ... consistent"),
+        _ => None,
+    };
     ngx::core::NGX_CONF_OK
 }
 

@@ -81,7 +81,8 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             if ucf.drain.get(i).copied().unwrap_or(false) {
                 layout.drained.push(layout.servers.len());
             }
-            layout.servers.push(zone::server_key(name, server_name, srun_id, backup, rank));
+            let key = zone::server_key(name, server_name, srun_id, backup, rank);
+            layout.servers.push((key, server.weight as u64));
         }
         main.refusing |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off);
         main.upstreams.push(uscf_ptr);

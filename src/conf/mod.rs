@@ -61,6 +61,9 @@ pub struct UpstreamConf {
     /// The `init_upstream` that a stock method directive (`least_conn`, `hash`, `ip_hash`,
     /// `random`) set: the methods whose per-request data begins with round robin's.
     pub stock_method: ngx_http_upstream_init_pt,
+    /// The method, if it reads the weights only when the peers change (`random`,
+    /// `hash ... consistent`): runtime weights are refused then.
+    pub fixed_weights: Option<&'static str>,
     /// This upstream's index among those with `jvm_route` (its record in the zone, and its
     /// view in a worker).
     pub index: usize,

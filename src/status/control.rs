@@ -13,13 +13,22 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use super::origin::{self, Headers};
 use super::{form, send, servers, upstreams};
 use crate::conf::{MainConf, StatusConf};
+use crate::ffi;
 use crate::ffi::{bytes, lossy, str_bytes};
 use crate::worker;
-use crate::zone::{STATE_DOWN, STATE_DRAIN};
+use crate::zone::{MAX_WEIGHT, STATE_DOWN, STATE_DRAIN};
 use crate::Module;
 
 /// The longest form body read; longer ones are refused (413). Control arguments are short.
 const MAX_FORM: usize = 4096;
+
+/// What a control request changes.
+enum Change {
+    /// Marks to set and clear, and how the answer says it.
+    Marks(u64, u64, String),
+    /// A runtime weight.
+    Weight(u64),
+}
 
 /// Answers a control request whose arguments are `body` (beside the query string).
 ///
@@ -162,18 +171,42 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
     let (Some(upstream_name), Some(srun_id), Some(action)) =
         (get(b"upstream"), get(b"srun_id"), get(b"action"))
     else {
-        return (400, "give upstream=NAME&srun_id=ID&action=drain|undrain|down|up\n".into());
+        return (400, "give upstream=NAME&srun_id=ID&action=drain|undrain|down|up, or action=weight&value=N\n".into());
     };
     let (upstream_name, srun_id) = (&upstream_name[..], &srun_id[..]);
-    let (set, clear, word) = match &action[..] {
-        b"drain" => (STATE_DRAIN, 0, "draining"),
-        b"undrain" => (0, STATE_DRAIN, "not draining"),
-        b"down" => (STATE_DOWN, 0, "down"),
-        b"up" => (0, STATE_DOWN, "up"),
+    let change = match &action[..] {
+        b"drain" => Change::Marks(STATE_DRAIN, 0, "draining".into()),
+        b"undrain" => Change::Marks(0, STATE_DRAIN, "not draining".into()),
+        b"down" => Change::Marks(STATE_DOWN, 0, "down".into()),
+        b"up" => Change::Marks(0, STATE_DOWN, "up".into()),
+        b"weight" => {
+            let value = get(b"value");
+            let weight = value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|w| (1..=MAX_WEIGHT).contains(w));
+            match weight {
+                Some(w) => Change::Weight(w),
+                None => {
+                    return (
+                        400,
+                        format!(
+                            "invalid weight \"{}\": give value=N, N from 1 to {MAX_WEIGHT}\n",
+                            lossy(value.as_deref().unwrap_or_default())
+                        ),
+                    );
+                }
+            }
+        }
         other => {
             return (
                 400,
-                format!("unknown action \"{}\": use drain, undrain, down or up\n", lossy(other)),
+                format!(
+                    "unknown action \"{}\": use drain, undrain, down, up or weight\n",
+                    lossy(other)
+                ),
             );
         }
     };
@@ -202,9 +235,41 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
             ),
         );
     }
-    for &slot in &slots {
-        stats.set_state(slot, set, clear);
-    }
+    let word = match change {
+        Change::Marks(set, clear, word) => {
+            for &slot in &slots {
+                stats.set_state(slot, set, clear);
+            }
+            word
+        }
+        Change::Weight(weight) => {
+            if !ffi::can_change(uscf) {
+                return (
+                    409,
+                    format!(
+                        "upstream \"{}\" is not in shared memory: without \"zone\" every worker \
+                         keeps its own weights, so a runtime weight could not apply to all of \
+                         them at once\n",
+                        lossy(upstream_name)
+                    ),
+                );
+            }
+            if let Some(method) = ucf.fixed_weights {
+                return (
+                    409,
+                    format!(
+                        "upstream \"{}\" balances with \"{method}\", which reads the weights \
+                         only when its peers change: a runtime weight would not apply\n",
+                        lossy(upstream_name)
+                    ),
+                );
+            }
+            for &slot in &slots {
+                stats.set_weight(slot, weight);
+            }
+            format!("weight {weight}")
+        }
+    };
     if let Some(view) = worker::current(ucf, uscf) {
         view.apply_marks(&stats);
     }

@@ -38,6 +38,9 @@ struct ServerRow {
     srun_id: String,
     server: String,
     state: &'static str,
+    /// The weight in force: set at run time, or as configured.
+    weight: u64,
+    configured_weight: u64,
     peers: Vec<PeerRow>,
     counters: [u64; 5],
 }
@@ -211,6 +214,11 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
                         // SAFETY: `server` is nginx's.
                         server: lossy(unsafe { server_name(server) }),
                         state,
+                        weight: stats
+                            .as_ref()
+                            .and_then(|s| s.weight(slot))
+                            .unwrap_or(server.weight as u64),
+                        configured_weight: server.weight as u64,
                         peers: rows,
                         counters: COUNTERS
                             .map(|(c, _, _)| stats.as_ref().map_or(0, |s| s.server(slot, c))),

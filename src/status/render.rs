@@ -15,10 +15,11 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:<24} {:<10} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
             "srun_id",
             "address",
             "state",
+            "weight",
             "active",
             "requests",
             "hits",
@@ -33,10 +34,11 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             let [requests, hits, from, to, failures] = s.counters;
             let _ = writeln!(
                 out,
-                "  {:<16} {:<24} {:<10} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
                 srun_id,
                 address,
                 s.state,
+                s.weight,
                 s.active(),
                 requests,
                 hits,
@@ -85,11 +87,13 @@ fn json_server(s: &ServerRow) -> String {
         })
         .collect();
     format!(
-        "{{\"srun_id\":{},\"server\":{},\"address\":{},\"state\":\"{}\",\"active\":{},{},\"peers\":[{}]}}",
+        "{{\"srun_id\":{},\"server\":{},\"address\":{},\"state\":\"{}\",\"weight\":{},\"configured_weight\":{},\"active\":{},{},\"peers\":[{}]}}",
         json_string(&s.srun_id),
         json_string(&s.server),
         json_string(s.address()),
         s.state,
+        s.weight,
+        s.configured_weight,
         s.active(),
         counters.join(","),
         peers.join(",")
@@ -181,6 +185,16 @@ pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
                 labels(u, s),
                 s.active()
             );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jvm_route_server_weight The server's weight in force (set at run time, or configured)."
+    );
+    let _ = writeln!(out, "# TYPE jvm_route_server_weight gauge");
+    for u in rows {
+        for s in &u.servers {
+            let _ = writeln!(out, "jvm_route_server_weight{{{}}} {}", labels(u, s), s.weight);
         }
     }
     let _ = writeln!(

@@ -285,6 +285,17 @@ impl Nginx {
         self.signal(libc::SIGHUP);
     }
 
+    /// [`reload_with`](Self::reload_with), then waits until the master has read the new
+    /// configuration and its new workers have taken over the listening socket.
+    pub fn reload_and_wait(&self, http_conf: &str, workers: usize) {
+        let reloads = || self.error_log().matches("reconfiguring").count();
+        let before = reloads();
+        self.reload_with(http_conf, workers);
+        assert!(eventually(10, || reloads() > before), "no reload:\n{}", self.error_log());
+        // Old workers finish their connections and exit; the new ones take the socket.
+        thread::sleep(Duration::from_millis(500));
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.as_ref().expect("nginx running").id() as i32;
         // SAFETY: sending a signal to our own child process.
