@@ -64,15 +64,24 @@ pub(super) unsafe fn respond(
         let args = unsafe { bytes((*r).args) };
         control(conf, main, &[args, body])
     };
+    // A form posted by the page without JavaScript: back to the page, which shows the change.
     // SAFETY: per the function contract.
-    unsafe { send(r, status, "text/plain", text.as_bytes(), None) }
+    let browser = unsafe { header(r, b"accept") }.is_some_and(super::html::prefers_html);
+    if status == 200 && browser {
+        // SAFETY: as above; the URI is this location's path.
+        let page = format!("{}?format=html", lossy(unsafe { bytes((*r).uri) }));
+        // SAFETY: as above.
+        return unsafe { send(r, 303, "text/plain", text.as_bytes(), &[("Location", &page)]) };
+    }
+    // SAFETY: per the function contract.
+    unsafe { send(r, status, "text/plain", text.as_bytes(), &[]) }
 }
 
 /// The value of the request header `name` (lower case), if the request has it.
 ///
 /// # Safety
 /// `r` must be a live request; the value lives as long as it.
-unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
+pub(super) unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
     // SAFETY: per the function contract: `headers` is a list of `ngx_table_elt_t`.
     unsafe {
         let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;

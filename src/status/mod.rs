@@ -1,13 +1,15 @@
 //! The `jvm_route_status` location: the state and counters of every server line of the
 //! upstreams with `jvm_route`, as text for people (default), JSON (`?format=json`) or
-//! Prometheus text exposition (`?format=prometheus`); and, with `control`, runtime
-//! drain/undrain/down/up by upstream and srun_id (`POST ?upstream=NAME&srun_id=ID&action=drain`).
+//! Prometheus text exposition (`?format=prometheus`), or a page for people (`?format=html`, and
+//! the default for browsers); and, with `control`, runtime drain/undrain/down/up and weight by
+//! upstream and srun_id (`POST ?upstream=NAME&srun_id=ID&action=drain`).
 //!
 //! A row is a `server` line: its counters and marks are the line's, and it lists the line's
 //! current addresses (a name can have several, and a `resolve` server's change at run time).
 
 mod control;
 mod form;
+mod html;
 mod origin;
 mod render;
 
@@ -119,25 +121,40 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if method != NGX_HTTP_GET && method != NGX_HTTP_HEAD {
         let allow = if conf.control { "GET, HEAD, POST" } else { "GET, HEAD" };
         // SAFETY: `r` is live.
-        return unsafe {
-            send(r, 405, "text/plain", b"method not allowed\n", Some(("Allow", allow)))
-        };
+        return unsafe { send(r, 405, "text/plain", b"method not allowed\n", &[("Allow", allow)]) };
     }
 
     let rows = collect(conf, main);
-    let (content_type, body) = match arg(args, b"format") {
+    // SAFETY: `r` is live.
+    let browser = unsafe { control::header(r, b"accept") }.is_some_and(html::prefers_html);
+    let format = arg(args, b"format").or(browser.then_some(&b"html"[..]));
+    if format == Some(b"html") {
+        // SAFETY: `r` is live; its URI is this location's path.
+        let path = conf.control.then(|| lossy(unsafe { bytes((*r).uri) }));
+        let body = html::page(&rows, path.as_deref());
+        let headers = [
+            ("Content-Security-Policy", html::content_security_policy()),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "same-origin"),
+        ];
+        // SAFETY: `r` is live.
+        return unsafe { send(r, 200, "text/html; charset=utf-8", body.as_bytes(), &headers) };
+    }
+    let (content_type, body) = match format {
         None | Some(b"text") => ("text/plain", render::text(&rows)),
         Some(b"json") => ("application/json", render::json(&rows)),
         Some(b"prometheus") => ("text/plain; version=0.0.4", render::prometheus(&rows)),
         Some(other) => {
-            let body =
-                format!("unknown format \"{}\": use text, json or prometheus\n", lossy(other));
+            let body = format!(
+                "unknown format \"{}\": use text, json, prometheus or html\n",
+                lossy(other)
+            );
             // SAFETY: `r` is live.
-            return unsafe { send(r, 400, "text/plain", body.as_bytes(), None) };
+            return unsafe { send(r, 400, "text/plain", body.as_bytes(), &[]) };
         }
     };
     // SAFETY: `r` is live.
-    unsafe { send(r, 200, content_type, body.as_bytes(), None) }
+    unsafe { send(r, 200, content_type, body.as_bytes(), &[]) }
 }
 
 /// The value of `name` in a query string (raw, not percent-decoded).
@@ -303,7 +320,7 @@ pub(super) unsafe fn send(
     status: usize,
     content_type: &'static str,
     body: &[u8],
-    header: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
 ) -> ngx_int_t {
     // SAFETY: per the function contract; the buffer comes from the request pool.
     unsafe {
@@ -318,7 +335,7 @@ pub(super) unsafe fn send(
         if request.add_header_out("Cache-Control", "no-store").is_none() {
             return Status::NGX_ERROR.0;
         }
-        if let Some((name, value)) = header {
+        for (name, value) in headers {
             if request.add_header_out(name, value).is_none() {
                 return Status::NGX_ERROR.0;
             }
