@@ -174,3 +174,37 @@ fn no_reply_of_the_status_location_is_cached() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("Cache-Control"), Some("no-store"));
 }
+
+#[test]
+fn browsers_get_the_page_and_a_form_post_goes_back_to_it() {
+    let tomcats = backends(&["tomcat01", "tomcat02"]);
+    let nginx = start(&tomcats);
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let page = nginx.get_with("/control", &[("Accept", browser)]);
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("Content-Type"), Some("text/html; charset=utf-8"));
+    let csp = page.header("Content-Security-Policy").expect("a policy");
+    assert!(csp.contains("script-src 'sha256-") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(page.body.contains("<form class=\"control\" method=\"post\" action=\"/control\">"));
+    // Without control, no buttons; curl gets text unless it asks.
+    let read_only = nginx.get_with("/status", &[("Accept", browser)]);
+    assert!(read_only.body.contains("<table>") && !read_only.body.contains("<form"));
+    assert_eq!(nginx.get("/status").header("Content-Type"), Some("text/plain"));
+    assert!(nginx.get("/status?format=html").body.starts_with("<!doctype html>"));
+
+    let r = post(
+        &nginx,
+        "/control",
+        &[
+            "Content-Type: application/x-www-form-urlencoded",
+            &format!("Accept: {browser}"),
+            "Sec-Fetch-Site: same-origin",
+            &format!("Origin: http://127.0.0.1:{}", nginx.port),
+        ],
+        "upstream=tomcats&srun_id=tomcat02&action=drain",
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("Location"), Some("/control?format=html"));
+    assert_eq!(state(&nginx, "tomcat02"), "draining");
+    nginx.assert_no_crash();
+}
