@@ -154,12 +154,6 @@ impl Drop for Browser {
     }
 }
 
-fn spread(nginx: &Nginx, n: usize) -> std::collections::HashMap<String, usize> {
-    let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
-    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
-    tally(&responses)
-}
-
 #[test]
 fn the_status_page_in_a_browser_drains_and_weighs_by_click() {
     let Some(browser) = Browser::start() else {

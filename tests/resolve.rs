@@ -106,19 +106,18 @@ fn session(nginx: &Nginx, route: &str) -> Response {
     nginx.get_with("/", &[("Cookie", &format!("{SESSION}{route}"))])
 }
 
-fn spread(nginx: &Nginx, n: usize) -> std::collections::HashMap<String, usize> {
-    let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
-    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
-    tally(&responses)
+/// Whether this nginx resolves upstream names at run time (1.27.3+); says so if not.
+fn resolve_supported() -> bool {
+    let version = nginx_version();
+    if version < 1_027_003 {
+        eprintln!("skipped: nginx {version} has no `resolve` in the open-source upstream zone");
+    }
+    version >= 1_027_003
 }
 
 #[test]
 fn resolve_servers_keep_drain_control_and_counters_on_the_right_server() {
-    if nginx_version() < 1_027_003 {
-        eprintln!(
-            "skipped: nginx {} has no `resolve` in the open-source upstream zone",
-            nginx_version()
-        );
+    if !resolve_supported() {
         return;
     }
     let port = free_port();
@@ -224,11 +223,7 @@ fn resolve_servers_keep_drain_control_and_counters_on_the_right_server() {
 /// session keeps to one server.
 #[test]
 fn failover_modes_follow_a_resolve_server() {
-    if nginx_version() < 1_027_003 {
-        eprintln!(
-            "skipped: nginx {} has no `resolve` in the open-source upstream zone",
-            nginx_version()
-        );
+    if !resolve_supported() {
         return;
     }
     let port = free_port();

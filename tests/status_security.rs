@@ -10,7 +10,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 fn start(tomcats: &[Backend]) -> Nginx {
     let conf = format!(
@@ -39,15 +38,7 @@ fn exchange(port: u16, raw: &[u8], wait: Duration) -> String {
 }
 
 fn state(nginx: &Nginx, srun_id: &str) -> String {
-    let r = nginx.get("/status?format=json");
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["upstreams"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["srun_id"] == srun_id)
-        .map(|s| s["state"].as_str().unwrap().to_owned())
-        .unwrap()
+    status_server(nginx, "/status", srun_id)["state"].as_str().unwrap().to_owned()
 }
 
 fn post(nginx: &Nginx, target: &str, headers: &[&str], body: &str) -> Response {

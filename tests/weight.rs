@@ -22,21 +22,11 @@ fn post(nginx: &Nginx, query: &str) -> Response {
 }
 
 fn server(nginx: &Nginx, srun_id: &str) -> Value {
-    let r = nginx.get("/status?format=json");
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["upstreams"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["srun_id"] == srun_id)
-        .cloned()
-        .unwrap()
+    status_server(nginx, "/status", srun_id)
 }
 
-fn spread(nginx: &Nginx, n: usize) -> (usize, usize) {
-    let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
-    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
-    let t = tally(&responses);
+fn spread_of_two(nginx: &Nginx, n: usize) -> (usize, usize) {
+    let t = spread(nginx, n);
     (t.get("tomcat01").copied().unwrap_or(0), t.get("tomcat02").copied().unwrap_or(0))
 }
 
@@ -45,14 +35,14 @@ fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let zone = "        zone tomcats 64k;\n";
     let nginx = Nginx::start(2, &conf(&tomcats, &[], zone));
-    let (a, b) = spread(&nginx, 40);
+    let (a, b) = spread_of_two(&nginx, 40);
     assert!((18..=22).contains(&a) && a + b == 40, "{a}:{b}");
 
     let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=3");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: weight 3\n"), "{r:?}");
     let s = server(&nginx, "tomcat01");
     assert_eq!((s["weight"].as_u64(), s["configured_weight"].as_u64()), (Some(3), Some(1)));
-    let (a, b) = spread(&nginx, 40);
+    let (a, b) = spread_of_two(&nginx, 40);
     assert!((28..=32).contains(&a) && a + b == 40, "{a}:{b}");
     let prometheus = nginx.get("/status?format=prometheus").body;
     assert!(
@@ -82,7 +72,7 @@ fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
         "{}",
         nginx.get("/status?format=json").body
     );
-    let (a, b) = spread(&nginx, 30);
+    let (a, b) = spread_of_two(&nginx, 30);
     assert!((18..=22).contains(&a) && a + b == 30, "{a}:{b}");
     nginx.assert_no_crash();
 }

@@ -158,45 +158,31 @@ pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
             label(&s.server)
         )
     };
-    for (i, (_, name, help)) in COUNTERS.iter().enumerate() {
-        let _ = writeln!(out, "# HELP jvm_route_server_{name}_total {help}");
-        let _ = writeln!(out, "# TYPE jvm_route_server_{name}_total counter");
+    // One series per server line: its name, type, help and value.
+    let mut series = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ServerRow) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         for u in rows {
             for s in &u.servers {
-                let _ = writeln!(
-                    out,
-                    "jvm_route_server_{name}_total{{{}}} {}",
-                    labels(u, s),
-                    s.counters[i]
-                );
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(u, s), value(s));
             }
         }
+    };
+    for (i, (_, name, help)) in COUNTERS.iter().enumerate() {
+        series(&format!("jvm_route_server_{name}_total"), "counter", help, &|s| s.counters[i]);
     }
-    let _ = writeln!(
-        out,
-        "# HELP jvm_route_server_active_connections Connections open to the server's addresses now."
+    series(
+        "jvm_route_server_active_connections",
+        "gauge",
+        "Connections open to the server's addresses now.",
+        &|s| s.active(),
     );
-    let _ = writeln!(out, "# TYPE jvm_route_server_active_connections gauge");
-    for u in rows {
-        for s in &u.servers {
-            let _ = writeln!(
-                out,
-                "jvm_route_server_active_connections{{{}}} {}",
-                labels(u, s),
-                s.active()
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP jvm_route_server_weight The server's weight in force (set at run time, or configured)."
+    series(
+        "jvm_route_server_weight",
+        "gauge",
+        "The server's weight in force (set at run time, or configured).",
+        &|s| s.weight,
     );
-    let _ = writeln!(out, "# TYPE jvm_route_server_weight gauge");
-    for u in rows {
-        for s in &u.servers {
-            let _ = writeln!(out, "jvm_route_server_weight{{{}}} {}", labels(u, s), s.weight);
-        }
-    }
     let _ = writeln!(
         out,
         "# HELP jvm_route_server_state The server's state: 1 for the state it is in."

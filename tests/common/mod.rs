@@ -567,3 +567,24 @@ pub fn nginx_version() -> u64 {
         _ => 0,
     }
 }
+
+/// The status page's JSON of the server with `srun_id` in the first upstream, from `path`.
+pub fn status_server(nginx: &Nginx, path: &str, srun_id: &str) -> serde_json::Value {
+    let r = nginx.get(&format!("{path}?format=json"));
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    v["upstreams"][0]["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .find(|s| s["srun_id"] == srun_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {srun_id} in {v}"))
+}
+
+/// `n` requests without a session, each answered 200, counted per backend.
+pub fn spread(nginx: &Nginx, n: usize) -> HashMap<String, usize> {
+    let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
+    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
+    tally(&responses)
+}
