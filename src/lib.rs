@@ -111,11 +111,12 @@ const fn method_command(name: ngx_str_t) -> ngx_command_t {
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 9] = [
+static mut COMMANDS: [ngx_command_t; 10] = [
     // Takes `srun_id=`, `max_busy=` and `drain` out of the stock `server` directive, then
     // passes it on.
     upstream_command(ngx_string!("server"), conf::directives::cmd_server),
     upstream_command(ngx_string!("jvm_route"), conf::directives::cmd_jvm_route),
+    upstream_command(ngx_string!("jvm_route_cookie"), conf::cookie::cmd_jvm_route_cookie),
     // Places this balancer beneath `keepalive`, whatever the directive order; then passes on.
     upstream_command(ngx_string!("keepalive"), conf::directives::cmd_keepalive),
     // The stock balancing methods, noted as such (see `conf::init`); then passed on.

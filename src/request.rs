@@ -5,7 +5,7 @@
 use ngx::core::Status;
 use ngx::ffi::{ngx_http_request_t, ngx_str_t};
 
-use crate::conf::{JvmRoute, SessionSource};
+use crate::conf::{JvmRoute, RouteCookie, SessionSource};
 use crate::ffi::{bytes, str_bytes};
 use crate::rules::route::{RouteChooser, RouteTable, SessionRoute, MAX_SRUN_ID_LEN};
 use crate::rules::session::{named_cookie_values, path_parameter, query_parameter};
@@ -54,6 +54,11 @@ pub struct RequestCtx {
     route_len: u32,
     /// The session id that decided: request memory (a Cookie header, the URI, the pool).
     pub(crate) session: ngx_str_t,
+    /// The srun_id of the server that took the latest attempt, while that attempt has not
+    /// failed (configuration memory); empty otherwise.
+    server: ngx_str_t,
+    /// The upstream's route cookie (configuration memory), or null.
+    pub(crate) cookie: *const RouteCookie,
 }
 
 /// The request was refused (`failover=off`): nginx's 502 becomes a 503.
@@ -92,7 +97,27 @@ impl RequestCtx {
             flags,
             route_len: route_len as u32,
             session: ngx_str_t { len: session.len(), data: session.as_ptr().cast_mut() },
+            server: ngx_str_t { len: 0, data: std::ptr::null_mut() },
+            cookie: std::ptr::null(),
         }
+    }
+
+    /// Notes the srun_id of the server that took the latest attempt (None: it has none, or
+    /// the attempt failed).
+    pub fn set_server(&mut self, srun_id: Option<&'static [u8]>) {
+        let id = srun_id.unwrap_or_default();
+        self.server = ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() };
+    }
+
+    /// The srun_id of the server that answered, as far as is known (empty if none).
+    pub fn server(&self) -> &[u8] {
+        // SAFETY: `server` is empty or was set by `set_server` from a `'static` slice.
+        unsafe { str_bytes(&self.server) }
+    }
+
+    /// Whether the session id named `srun_id` when the request began (a sticky hit on it).
+    pub fn came_with_route(&self, srun_id: &[u8]) -> bool {
+        self.flags & KNOWN_ROUTE != 0 && self.route() == srun_id
     }
 
     /// The session id that decided (empty if none).

@@ -1,5 +1,6 @@
-//! `$jvm_route_route` and `$jvm_route_status` for `log_format`, and the filter that answers
-//! 503 for a request refused by `failover=off`.
+//! `$jvm_route_route`, `$jvm_route_status` and `$jvm_route_server` for `log_format`, and the
+//! response filters: the 503 for a request refused by `failover=off`, and the route cookie of
+//! `jvm_route_cookie`.
 //!
 //! nginx answers a balancer that has no peer to offer ("no live upstreams") with its own 502
 //! page; the upstream module has no way to choose another status. For a request this module
@@ -41,14 +42,15 @@ unsafe fn request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestC
 /// Which variable a getter call is for (the variable's `data`).
 const ROUTE: usize = 0;
 const STATUS: usize = 1;
+const SERVER: usize = 2;
 
 /// `preconfiguration`: registers the variables.
 ///
 /// # Safety
 /// Called by nginx with a valid `cf`.
 pub unsafe extern "C" fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let variables: [(&'static [u8], usize); 2] =
-        [(b"jvm_route_route", ROUTE), (b"jvm_route_status", STATUS)];
+    let variables: [(&'static [u8], usize); 3] =
+        [(b"jvm_route_route", ROUTE), (b"jvm_route_status", STATUS), (b"jvm_route_server", SERVER)];
     for (name, which) in variables {
         let mut name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
         // SAFETY: `cf` is valid; nginx keeps the name, which is static.
@@ -81,7 +83,11 @@ unsafe extern "C" fn get_variable(
             v.set_not_found(1);
             return Status::NGX_OK.0;
         };
-        let value = if which == ROUTE { ctx.route() } else { ctx.outcome.as_str().as_bytes() };
+        let value = match which {
+            ROUTE => ctx.route(),
+            SERVER => ctx.server(),
+            _ => ctx.outcome.as_str().as_bytes(),
+        };
         v.data = value.as_ptr().cast_mut();
         v.set_len(value.len() as u32);
         v.set_valid(1);
@@ -99,7 +105,7 @@ unsafe extern "C" fn get_variable(
 pub unsafe extern "C" fn add_filters(cf: *mut ngx_conf_t) -> ngx_int_t {
     // Only a configuration with `failover=off` needs them: other requests pay nothing.
     // SAFETY: `cf` is the configuration being read, in the http block.
-    if !unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.refusing) {
+    if !unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.filtering) {
         return Status::NGX_OK.0;
     }
     // SAFETY: nginx builds the filter chains at this point, one module after another.
@@ -142,11 +148,43 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             } else {
                 ctx.clear_refused();
             }
+            if set_route_cookie(r, ctx).is_none() {
+                return Status::NGX_ERROR.0;
+            }
         }
         match *addr_of_mut!(NEXT_HEADER_FILTER) {
             Some(next) => next(r),
             None => Status::NGX_ERROR.0,
         }
+    }
+}
+
+/// Adds the route cookie (`jvm_route_cookie`) when the server that answered has a srun_id and
+/// the request did not come with its route: a first visit, an unknown route, a failover. Not
+/// on a sticky hit, not for an `error_page` (the response is not the server's), not in
+/// subrequests. None if memory ran out.
+///
+/// # Safety
+/// `r` must be a live request whose header is being sent; `ctx` its context.
+unsafe fn set_route_cookie(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Option<()> {
+    // SAFETY: per the function contract; `cookie` is null or the upstream's configuration.
+    let Some(cookie) = (unsafe { ctx.cookie.as_ref() }) else { return Some(()) };
+    let server = ctx.server();
+    // SAFETY: as above.
+    let main = unsafe { (*r).main == r };
+    if !main || ctx.keeps_body() || server.is_empty() || ctx.came_with_route(server) {
+        return Some(());
+    }
+    let mut value =
+        Vec::with_capacity(cookie.name.len() + server.len() + cookie.attributes.len() + 2);
+    value.extend_from_slice(&cookie.name);
+    value.extend_from_slice(b"=.");
+    value.extend_from_slice(server);
+    value.extend_from_slice(&cookie.attributes);
+    // SAFETY: as above; nginx copies key and value into the request pool.
+    unsafe {
+        let header = ngx::ffi::ngx_list_push(&mut (*r).headers_out.headers);
+        ngx::ffi::add_to_ngx_table(header.cast(), (*r).pool, "Set-Cookie", &value)
     }
 }
 

@@ -746,3 +746,50 @@ fn a_third_party_balancer_is_refused_with_its_name_and_place() {
     let (output, _path, _dir) = nginx_test_config(&alone);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+// ---------------------------------------------------------------------------------------------
+// jvm_route_cookie.
+
+#[test]
+fn jvm_route_cookie_errors() {
+    let with =
+        |lines: &str| tomcats(&format!("        server 127.0.0.1:8081 srun_id=tomcat01;\n{lines}"));
+    let jvm_route = "        jvm_route $cookie_ROUTEID reverse;\n";
+    assert_accepted(&with(&format!(
+        "{jvm_route}        jvm_route_cookie ROUTEID path=/ secure samesite=none;\n"
+    )));
+    // jvm_route may come after it.
+    assert_accepted(&with(&format!("        jvm_route_cookie ROUTEID;\n{jvm_route}")));
+    assert_rejected(
+        &with(&format!(
+            "{jvm_route}        jvm_route_cookie ROUTEID;\n        jvm_route_cookie R2;\n"
+        )),
+        "jvm_route_cookie R2;",
+        "\"jvm_route_cookie\" directive is duplicate",
+    );
+    assert_rejected(
+        &with(&format!("{jvm_route}        jvm_route_cookie ROUTEID expires=1d;\n")),
+        "expires=1d",
+        "invalid parameter \"expires=1d\" in \"jvm_route_cookie\" directive",
+    );
+    assert_rejected(
+        &with(&format!("{jvm_route}        jvm_route_cookie ROUTEID samesite=none;\n")),
+        "samesite=none",
+        "\"samesite=none\" without \"secure\" in \"jvm_route_cookie\" directive: browsers drop such a cookie",
+    );
+    assert_rejected(
+        &with(&format!("{jvm_route}        jvm_route_cookie ROUTEID max_age=soon;\n")),
+        "max_age=soon",
+        "invalid parameter \"max_age=soon\" in \"jvm_route_cookie\" directive",
+    );
+    // Without jvm_route: named at the directive's own line.
+    let conf = with("        jvm_route_cookie ROUTEID;\n");
+    let (output, path, _dir) = nginx_test_config(&conf);
+    assert!(!output.status.success());
+    let expected = at(
+        "\"jvm_route_cookie\" needs \"jvm_route\" in the same upstream",
+        &path,
+        line_of(&conf, "jvm_route_cookie"),
+    );
+    assert_eq!(logged(&output, "emerg"), vec![expected], "{}", stderr(&output));
+}

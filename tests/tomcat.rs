@@ -76,6 +76,8 @@ fn edit(file: &Path, from: &str, to: &str) {
 /// 127.0.0.1:`port`, with the test web application as `ROOT`. Stopped when dropped.
 struct Tomcat {
     node: String,
+    /// The `jvmRoute` it appends to session ids (empty: none, like a Tomcat set up without).
+    jvm_route: String,
     port: u16,
     base: PathBuf,
     child: Option<Child>,
@@ -121,6 +123,7 @@ impl Tomcat {
         copy_dir(&webapp, &base.join("webapps/ROOT"));
         Tomcat {
             node: node.to_owned(),
+            jvm_route: node.to_owned(),
             port,
             base,
             child: None,
@@ -147,8 +150,9 @@ impl Tomcat {
                 "CATALINA_OPTS",
                 format!(
                     "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto -Dnode={node} \
-                     -DjvmRoute={node} -Dhttp.port={port} -Dhttp.address=127.0.0.1",
+                     -DjvmRoute={route} -Dhttp.port={port} -Dhttp.address=127.0.0.1",
                     node = self.node,
+                    route = self.jvm_route,
                     port = self.port
                 ),
             )
@@ -488,4 +492,65 @@ fn failover_and_recovery() {
     assert_sticks(&mut browser, y_node, &moved.session, 12..=14);
     // The one refused connection above is the only error.
     assert_clean_log(&nginx, &x_upstream);
+}
+
+/// Tomcats without `jvmRoute` (session ids name no node) behind the route cookie that nginx
+/// sets: a logged-in session (the counting page) keeps to one node for 100 requests.
+#[test]
+fn tomcat_without_jvm_route_behind_the_route_cookie() {
+    require_tomcat();
+    let mut tomcats: Vec<Tomcat> = NODES.iter().map(|n| Tomcat::create(n)).collect();
+    for t in tomcats.iter_mut() {
+        t.jvm_route = String::new();
+        t.spawn();
+    }
+    for t in tomcats.iter_mut() {
+        t.wait_ready();
+    }
+    let mut upstream = String::from("    upstream tomcats {\n");
+    for t in &tomcats {
+        upstream.push_str(&format!("        server 127.0.0.1:{} srun_id={};\n", t.port, t.node));
+    }
+    upstream.push_str("        jvm_route $cookie_ROUTEID reverse;\n");
+    upstream.push_str("        jvm_route_cookie ROUTEID path=/ httponly;\n    }\n");
+    let nginx = Nginx::start(1, &http_block(&upstream, ""));
+
+    let (mut jsessionid, mut route): (Option<String>, Option<String>) = (None, None);
+    let mut node = String::new();
+    for n in 1..=100 {
+        let mut cookies = Vec::new();
+        if let Some(v) = &jsessionid {
+            cookies.push(format!("JSESSIONID={v}"));
+        }
+        if let Some(v) = &route {
+            cookies.push(format!("ROUTEID={v}"));
+        }
+        let header = cookies.join("; ");
+        let headers: Vec<(&str, &str)> =
+            if header.is_empty() { vec![] } else { vec![("Cookie", header.as_str())] };
+        let response = request(nginx.port, "/", &headers);
+        for (name, value) in &response.headers {
+            if !name.eq_ignore_ascii_case("set-cookie") {
+                continue;
+            }
+            let value = value.split(';').next().unwrap_or("");
+            if let Some(v) = value.strip_prefix("ROUTEID=") {
+                assert_eq!(n, 1, "request {n}: a second route cookie: {response:?}");
+                route = Some(v.to_owned());
+            }
+            if let Some(v) = value.strip_prefix("JSESSIONID=") {
+                assert_eq!(n, 1, "request {n}: Tomcat started a new session: {response:?}");
+                assert!(!v.contains('.'), "a session id without jvmRoute: {v}");
+                jsessionid = Some(v.to_owned());
+            }
+        }
+        let page = Page::parse(response);
+        assert_eq!((page.status, page.count), (200, n), "request {n}: {page:?}");
+        if n == 1 {
+            node = page.node.clone();
+            assert_eq!(route.as_deref(), Some(format!(".{node}").as_str()));
+        }
+        assert_eq!(page.node, node, "request {n} left its node");
+    }
+    assert_clean_log(&nginx, "no error is expected");
 }

@@ -80,6 +80,17 @@ unsafe extern "C" fn release_state(data: *mut c_void) {
 }
 
 impl PeerData {
+    /// Notes which server took the attempt, by its zone slot (for `$jvm_route_server` and the
+    /// route cookie).
+    #[inline(always)]
+    fn answered_by(&mut self, slot: Option<usize>) {
+        // SAFETY: the upstream configuration lives as long as the cycle, longer than any
+        // request and so than this context.
+        let ucf: &'static UpstreamConf = unsafe { &*self.conf };
+        let line = slot.and_then(|s| s.checked_sub(ucf.slot_base));
+        self.ctx.set_server(line.and_then(|l| ucf.srun_id(l)));
+    }
+
     /// The wrapped method's data: every accepted method's begins with round robin's.
     fn rrp(&mut self) -> &mut ngx_http_upstream_rr_peer_data_t {
         // SAFETY: `original_data` is the wrapped method's per-request data, which the
@@ -192,7 +203,8 @@ unsafe extern "C" fn init_peer(
     };
     // SAFETY: the session id is request memory, and the context lives until the request pool is
     // destroyed.
-    let ctx = unsafe { RequestCtx::new(outcome, id, text, reverse) };
+    let mut ctx = unsafe { RequestCtx::new(outcome, id, text, reverse) };
+    ctx.cookie = ucf.cookie.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
     // The route only: a session id is a credential and is never logged.
     ngx_log_debug_http!(
         request,
@@ -290,6 +302,7 @@ unsafe fn take_only_peer(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> b
         ffi::take(pc, rrp, info.peer, index, now);
     }
     pd.ctx.outcome = Outcome::Hit;
+    pd.answered_by(info.slot);
     if let (Some(stats), Some(slot)) = (&view.stats, info.slot) {
         stats.count_both(slot, ServerCounter::Requests, ServerCounter::Hits);
     }
@@ -328,6 +341,7 @@ unsafe fn get_peer_in_full(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) ->
         match picked {
             Pick::Taken(slot) => {
                 pd.ctx.outcome = Outcome::Hit;
+                pd.answered_by(slot);
                 if let (Some(stats), Some(slot)) = (stats, slot) {
                     stats.count_both(slot, ServerCounter::Requests, ServerCounter::Hits);
                 }
@@ -364,6 +378,7 @@ unsafe fn get_peer_in_full(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) ->
             // SAFETY: `pd` is the request's data, `view` the upstream's current view.
             match unsafe { pick_consistent_peer(pc_ref, pd.rrp(), view, session) } {
                 Pick::Taken(slot) => {
+                    pd.answered_by(slot);
                     count(slot, ServerCounter::Requests);
                     if pd.route != NO_ROUTE || known {
                         pd.ctx.outcome = Outcome::Failover;
@@ -390,10 +405,12 @@ fn delegate(pc: *mut ngx_peer_connection_t, pd: &mut PeerData, view: Option<&Vie
     }
     let sticky = pd.route != NO_ROUTE || pd.ctx.flags & KNOWN_ROUTE != 0;
     let rrp = pd.rrp();
+    let mut answered = None;
     if let Some(view) = view.filter(|v| v.matches_request(rrp)) {
         // The method took `current` under its lock at the request's generation, which is the
         // view's: the view's peer pointers are that list's.
         let slot = view.slot_of(rrp.current);
+        answered = slot;
         if let (Some(stats), Some(slot)) = (&view.stats, slot) {
             stats.count(slot, ServerCounter::Requests);
             if sticky {
@@ -401,6 +418,7 @@ fn delegate(pc: *mut ngx_peer_connection_t, pd: &mut PeerData, view: Option<&Vie
             }
         }
     }
+    pd.answered_by(answered);
     if sticky {
         pd.ctx.outcome = Outcome::Failover;
     }
@@ -417,6 +435,8 @@ unsafe extern "C" fn free_peer(
     // SAFETY: `data` is the PeerData set in `init_peer`.
     let pd = unsafe { &mut *data.cast::<PeerData>() };
     if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
+        // The attempt failed: whatever answers now, that server did not.
+        pd.ctx.set_server(None);
         // SAFETY: the view is used within this callback.
         let view = unsafe { pd.view() };
         let rrp = pd.rrp();

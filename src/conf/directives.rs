@@ -498,7 +498,7 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
 ///
 /// # Safety
 /// `cf` must be valid and reading a file.
-unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
+pub(super) unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
     // SAFETY: per the function contract.
     unsafe {
         let file = (*cf).conf_file;

@@ -41,6 +41,17 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         // SAFETY: every element is a valid upstream configuration.
         let uscf = unsafe { &mut *uscf_ptr };
         let Some(ucf) = Module::server_conf_mut(uscf) else { continue };
+        if let (None, Some((file, line))) = (&ucf.jvm_route, &ucf.cookie_position) {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                // SAFETY: `cf->log` is the configuration log.
+                unsafe { (*cf).log },
+                "\"jvm_route_cookie\" needs \"jvm_route\" in the same upstream in {}:{}",
+                file,
+                line
+            );
+            return ngx::core::NGX_CONF_ERROR as *mut c_char;
+        }
         if ucf.jvm_route.is_none() {
             if ucf.srun_ids.iter().any(Option::is_some) {
                 // SAFETY: `cf` is the configuration being read; `uscf` one of its upstreams.
@@ -84,7 +95,8 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             let key = zone::server_key(name, server_name, srun_id, backup, rank);
             layout.servers.push((key, server.weight as u64));
         }
-        main.refusing |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off);
+        main.filtering |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off)
+            || ucf.cookie.is_some();
         main.upstreams.push(uscf_ptr);
     }
 

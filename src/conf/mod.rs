@@ -4,6 +4,7 @@
 //! zone) is in [`init`]. Nothing here runs on the request path, and nothing here holds a
 //! worker's state.
 
+pub mod cookie;
 pub mod directives;
 pub mod init;
 
@@ -43,11 +44,24 @@ pub struct JvmRoute {
     pub failover: Failover,
 }
 
+/// `jvm_route_cookie`: the route cookie that nginx sets, `NAME=.SRUN_ID` (Apache's form).
+#[derive(Debug)]
+pub struct RouteCookie {
+    /// The cookie's name.
+    pub name: Box<[u8]>,
+    /// The attributes as configured, each with its leading `; `.
+    pub attributes: Box<[u8]>,
+}
+
 /// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
 #[derive(Default)]
 pub struct UpstreamConf {
     /// The `jvm_route` directive, if the upstream has one.
     pub jvm_route: Option<JvmRoute>,
+    /// The `jvm_route_cookie` directive, if the upstream has one.
+    pub cookie: Option<RouteCookie>,
+    /// Where `jvm_route_cookie` is, to report it if `jvm_route` is missing.
+    cookie_position: Option<(String, usize)>,
     /// srun_id of each server, by its index in `uscf->servers`.
     pub srun_ids: Vec<Option<Box<[u8]>>>,
     /// Servers marked `drain`, by index in `uscf->servers`.
@@ -96,8 +110,9 @@ pub struct MainConf {
     zone: Option<NonNull<ngx_shm_zone_t>>,
     /// The upstreams with `jvm_route`, by index.
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Whether some upstream refuses requests (`failover=off`): the 503 filter is needed.
-    pub refusing: bool,
+    /// Whether some upstream refuses requests (`failover=off`) or sets a route cookie: the
+    /// response filters are needed.
+    pub filtering: bool,
     /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
     status_names: Vec<(Box<[u8]>, String, usize)>,
 }
@@ -183,6 +198,15 @@ pub enum ConfError {
     /// A bad URL parameter name after `|`.
     #[error("invalid URL parameter name \"{0}\" in \"jvm_route\" directive: use letters, digits, \"_\", \"-\" or \".\"")]
     UrlName(String),
+    /// A bad cookie name.
+    #[error("invalid cookie name \"{0}\" in \"jvm_route_cookie\" directive")]
+    CookieName(String),
+    /// A bad or repeated `jvm_route_cookie` parameter.
+    #[error("invalid parameter \"{0}\" in \"jvm_route_cookie\" directive")]
+    CookieParameter(String),
+    /// `samesite=none` without `secure`.
+    #[error("\"samesite=none\" without \"secure\" in \"jvm_route_cookie\" directive: browsers drop such a cookie")]
+    SameSiteNoneInsecure,
     /// No other module handles a stock directive this module passes on.
     #[error("unknown directive \"{0}\"")]
     NoNextHandler(String),

@@ -108,6 +108,9 @@ pub struct Backend {
     /// The loopback address it listens on (127.0.0.1 unless started with `start_at`).
     pub ip: String,
     pub port: u16,
+    /// Whether it starts sessions (`Set-Cookie: JSESSIONID`) like Tomcat; a plain application
+    /// does not.
+    sets_session: bool,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -117,12 +120,27 @@ impl Backend {
         Backend::start_at(route, "127.0.0.1", free_port())
     }
 
+    /// A plain application that sets no cookie at all (for the route cookie nginx sets).
+    pub fn start_plain(route: &str) -> Backend {
+        let mut backend = Backend {
+            route: route.to_owned(),
+            ip: "127.0.0.1".to_owned(),
+            port: free_port(),
+            sets_session: false,
+            dir: TempDir::new(route),
+            child: None,
+        };
+        backend.restart();
+        backend
+    }
+
     /// A backend on another loopback address (127.0.0.0/8), e.g. one that DNS names.
     pub fn start_at(route: &str, ip: &str, port: u16) -> Backend {
         let mut backend = Backend {
             route: route.to_owned(),
             ip: ip.to_owned(),
             port,
+            sets_session: true,
             dir: TempDir::new(route),
             child: None,
         };
@@ -152,10 +170,7 @@ http {{
             add_header X-Backend {route} always;
         }}
         location / {{
-            if ($cookie_jsessionid !~ "\.{route}$") {{
-                add_header Set-Cookie "JSESSIONID=$request_id.{route}; Path=/" always;
-            }}
-            add_header X-Backend {route} always;
+{session}            add_header X-Backend {route} always;
             return 200 "{route} $request_uri connection_requests=$connection_requests\n";
         }}
     }}
@@ -164,6 +179,14 @@ http {{
             ip = self.ip,
             port = self.port,
             route = self.route,
+            session = if self.sets_session {
+                format!(
+                    "            if ($cookie_jsessionid !~ \"\\.{route}$\") {{\n                add_header Set-Cookie \"JSESSIONID=$request_id.{route}; Path=/\" always;\n            }}\n",
+                    route = self.route
+                )
+            } else {
+                String::new()
+            },
             dir = dir.display()
         );
         fs::write(dir.join("nginx.conf"), conf).expect("write backend conf");
