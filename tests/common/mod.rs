@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod tomcat;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
