@@ -104,14 +104,19 @@ impl RequestCtx {
 
     /// Notes the srun_id of the server that took the latest attempt (None: it has none, or
     /// the attempt failed).
-    pub fn set_server(&mut self, srun_id: Option<&'static [u8]>) {
+    ///
+    /// # Safety
+    /// `srun_id` must stay valid and unchanged as long as the context is used (configuration
+    /// memory, for a context of a request).
+    pub unsafe fn set_server(&mut self, srun_id: Option<&[u8]>) {
         let id = srun_id.unwrap_or_default();
         self.server = ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() };
     }
 
     /// The srun_id of the server that answered, as far as is known (empty if none).
     pub fn server(&self) -> &[u8] {
-        // SAFETY: `server` is empty or was set by `set_server` from a `'static` slice.
+        // SAFETY: `server` is empty or was set by `set_server`, whose caller keeps it valid as
+        // long as this context is used.
         unsafe { str_bytes(&self.server) }
     }
 

@@ -793,3 +793,27 @@ fn jvm_route_cookie_errors() {
     );
     assert_eq!(logged(&output, "emerg"), vec![expected], "{}", stderr(&output));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The example configurations of nginx-conf/ (the README says the suite loads each of them).
+
+#[test]
+fn every_example_configuration_passes_nginx_t() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.push(dir.join("tomcat-cluster/nginx.conf"));
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        // The tests supply their own preamble (the module's path, logs); they use the http block.
+        let start = text.find("\nhttp {").expect("an http block") + 1;
+        let conf = text[start..].replace("listen 80;", "listen 127.0.0.1:{port};");
+        assert_accepted(&conf);
+        eprintln!("{}: accepted", file.display());
+    }
+}

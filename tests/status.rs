@@ -429,30 +429,33 @@ fn status_directive_errors() {
 /// stays 503, and the access log still says REFUSED.
 #[test]
 fn forced_stickiness_keeps_503_behind_an_error_page() {
-    let mut tomcats = backends(&ROUTES);
-    let conf = format!(
-        "http {{\n    log_format jvm '$request_uri $jvm_route_status [$jvm_route_route] $status';\n    access_log logs/access.log jvm;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n            error_page 502 /bad-gateway.html;\n        }}\n        location = /bad-gateway.html {{\n            internal;\n            return 200 \"the site's own error page\\n\";\n        }}\n    }}\n}}\n",
-        upstream(
-            "tomcats",
-            &tomcats,
-            &["max_fails=1 fail_timeout=30s"],
-            "        jvm_route $cookie_JSESSIONID reverse failover=off;\n"
-        )
-    );
-    let nginx = Nginx::start(1, &conf);
-    tomcats[0].kill();
-    for _ in 0..3 {
-        let r = nginx.get_with("/forced", &[("Cookie", &cookie("tomcat01"))]);
-        assert_eq!(r.status, 503, "{r:?}");
-        assert_eq!(r.body, "the site's own error page\n");
+    // Also beneath `keepalive`, which wraps the balancer's per-request data.
+    for extra in ["", "        keepalive 8;\n"] {
+        let mut tomcats = backends(&ROUTES);
+        let conf = format!(
+            "http {{\n    log_format jvm '$request_uri $jvm_route_status [$jvm_route_route] $status';\n    access_log logs/access.log jvm;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n            error_page 502 /bad-gateway.html;\n        }}\n        location = /bad-gateway.html {{\n            internal;\n            return 200 \"the site's own error page\\n\";\n        }}\n    }}\n}}\n",
+            upstream(
+                "tomcats",
+                &tomcats,
+                &["max_fails=1 fail_timeout=30s"],
+                &format!("        jvm_route $cookie_JSESSIONID reverse failover=off;\n{extra}")
+            )
+        );
+        let nginx = Nginx::start(1, &conf);
+        tomcats[0].kill();
+        for _ in 0..3 {
+            let r = nginx.get_with("/forced", &[("Cookie", &cookie("tomcat01"))]);
+            assert_eq!(r.status, 503, "{extra}: {r:?}");
+            assert_eq!(r.body, "the site's own error page\n");
+        }
+        // A real 502 (every server gone) keeps its status.
+        for t in &mut tomcats {
+            t.kill();
+        }
+        assert_eq!(nginx.get("/").status, 502);
+        let log = fs::read_to_string(nginx.dir().join("logs/access.log")).unwrap();
+        let forced: Vec<&str> = log.lines().filter(|l| l.starts_with("/forced ")).collect();
+        assert_eq!(forced, vec!["/forced REFUSED [tomcat01] 503"; 3], "{extra}: {log}");
+        nginx.assert_no_crash();
     }
-    // A real 502 (every server gone) keeps its status.
-    for t in &mut tomcats {
-        t.kill();
-    }
-    assert_eq!(nginx.get("/").status, 502);
-    let log = fs::read_to_string(nginx.dir().join("logs/access.log")).unwrap();
-    let forced: Vec<&str> = log.lines().filter(|l| l.starts_with("/forced ")).collect();
-    assert_eq!(forced, vec!["/forced REFUSED [tomcat01] 503"; 3], "{log}");
-    nginx.assert_no_crash();
 }

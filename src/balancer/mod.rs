@@ -66,6 +66,9 @@ struct PeerData {
     stamp: u32,
     /// The module context of the request.
     ctx: RequestCtx,
+    /// The request this state belongs to, once `init_peer` has written all of it (null
+    /// before): how [`balanced_request_ctx`] finds it in the request pool's cleanups.
+    request: *mut ngx_http_request_t,
 }
 
 /// This worker's spare request states.
@@ -84,11 +87,12 @@ impl PeerData {
     /// route cookie).
     #[inline(always)]
     fn answered_by(&mut self, slot: Option<usize>) {
-        // SAFETY: the upstream configuration lives as long as the cycle, longer than any
-        // request and so than this context.
-        let ucf: &'static UpstreamConf = unsafe { &*self.conf };
+        // SAFETY: `conf` is the upstream configuration, alive for the cycle.
+        let ucf = unsafe { &*self.conf };
         let line = slot.and_then(|s| s.checked_sub(ucf.slot_base));
-        self.ctx.set_server(line.and_then(|l| ucf.srun_id(l)));
+        // SAFETY: the srun_id is configuration memory, which outlives the request and so this
+        // context.
+        unsafe { self.ctx.set_server(line.and_then(|l| ucf.srun_id(l))) };
     }
 
     /// The wrapped method's data: every accepted method's begins with round robin's.
@@ -173,8 +177,9 @@ unsafe extern "C" fn init_peer(
         return Status::NGX_ERROR.0;
     }
     // SAFETY: the record was just added to the request pool; the state is given back when the
-    // pool is destroyed.
+    // pool is destroyed. `request` stays null until the state is written whole.
     unsafe {
+        (&raw mut (*pd).request).write(std::ptr::null_mut());
         (*cleanup).handler = Some(release_state);
         (*cleanup).data = pd.cast();
     }
@@ -241,6 +246,7 @@ unsafe extern "C" fn init_peer(
         (&raw mut (*pd).route).write(route);
         (&raw mut (*pd).stamp).write(view.stamp);
         (&raw mut (*pd).ctx).write(ctx);
+        (&raw mut (*pd).request).write(r);
         request.set_module_ctx((&raw mut (*pd).ctx).cast(), Module::module());
         u.peer.data = pd.cast();
         u.peer.get = Some(get_peer);
@@ -436,7 +442,8 @@ unsafe extern "C" fn free_peer(
     let pd = unsafe { &mut *data.cast::<PeerData>() };
     if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
         // The attempt failed: whatever answers now, that server did not.
-        pd.ctx.set_server(None);
+        // SAFETY: no slice is kept.
+        unsafe { pd.ctx.set_server(None) };
         // SAFETY: the view is used within this callback.
         let view = unsafe { pd.view() };
         let rrp = pd.rrp();
@@ -489,20 +496,31 @@ unsafe extern "C" fn save_peer_session(pc: *mut ngx_peer_connection_t, data: *mu
     }
 }
 
-/// The context of a request that this module balanced, found through its upstream even after
-/// an internal redirect (an `error_page`) cleared the module contexts.
+/// The context of a request that this module balanced, found even after an internal redirect
+/// (an `error_page`) cleared the module contexts: its state is the data of a cleanup record of
+/// the request pool (whatever wraps the balancer, `keepalive` included). The newest state of
+/// this request wins; subrequests, which share the pool, have states of their own.
 ///
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn balanced_request_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
-    // SAFETY: per the function contract; while `peer.get` is this module's, `peer.data` is the
-    // request's PeerData, alive until the request pool is destroyed.
+    // SAFETY: per the function contract: the pool's cleanups are a NULL-terminated list; a
+    // record whose handler is `release_state` holds a state taken in `init_peer`, whose
+    // `request` is null until the state was written whole, and which lives until the pool is
+    // destroyed.
     unsafe {
-        let u = (*r).upstream.as_ref()?;
-        // `get_peer` is not generic nor inlined where it is stored: one address.
-        if u.peer.get.map(|f| f as usize) != Some(get_peer as *const () as usize) {
-            return None;
+        let mut c = (*(*r).pool).cleanup;
+        // `release_state` is not generic nor inlined where it is stored: one address.
+        let ours = release_state as *const () as usize;
+        while !c.is_null() {
+            if (*c).handler.map(|h| h as usize) == Some(ours) {
+                let pd = (*c).data.cast::<PeerData>();
+                if (&raw const (*pd).request).read() == r {
+                    return Some(&mut (*pd).ctx);
+                }
+            }
+            c = (*c).next;
         }
-        Some(&mut (*u.peer.data.cast::<PeerData>()).ctx)
+        None
     }
 }
