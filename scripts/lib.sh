@@ -66,3 +66,72 @@ vendored_nginx() {
     [ -x "$bin" ] || { echo "no vendored nginx binary: run cargo build --release first" >&2; exit 1; }
     echo "$bin"
 }
+
+# The Debian mirror this system's apt uses (DEBIAN_MIRROR overrides it).
+debian_mirror() {
+    if [ -n "${DEBIAN_MIRROR:-}" ]; then
+        echo "$DEBIAN_MIRROR"
+        return
+    fi
+    local uri=""
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        uri="$(sed -n 's/^URIs: *\([^ ]*debian\)\/*$/\1/p' /etc/apt/sources.list.d/debian.sources | head -1)"
+    fi
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri="$(awk '$1 == "deb" && $2 ~ /debian\/?$/ { print $2; exit }' /etc/apt/sources.list)"
+    fi
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# Starts dockerd when no Docker engine answers (installing docker.io when it is missing), and
+# stops it when the calling script exits. Needs root to start one.
+DOCKERD_STARTED=""
+need_docker() {
+    command -v docker >/dev/null || need_packages docker.io
+    docker info >/dev/null 2>&1 && return 0
+    command -v dockerd >/dev/null || need_packages docker.io
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "No Docker engine is running; start one (sudo systemctl start docker) and run this again." >&2
+        exit 1
+    fi
+    say "starting dockerd"
+    dockerd >"${TMPDIR:-/tmp}/jvm-route-dockerd.log" 2>&1 &
+    DOCKERD_STARTED=$!
+    trap stop_docker EXIT
+    local i
+    for i in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    echo "dockerd did not start (log: ${TMPDIR:-/tmp}/jvm-route-dockerd.log)" >&2
+    exit 1
+}
+
+stop_docker() {
+    [ -n "$DOCKERD_STARTED" ] || return 0
+    say "stopping the dockerd this script started"
+    kill "$DOCKERD_STARTED" 2>/dev/null || true
+    wait "$DOCKERD_STARTED" 2>/dev/null || true
+    DOCKERD_STARTED=""
+}
+
+# Makes sure cargo-nextest is installed (the matrix runs its archives in containers).
+need_nextest() {
+    cargo nextest --version >/dev/null 2>&1 && return 0
+    say "installing cargo-nextest (crates.io)"
+    cargo install --locked cargo-nextest
+}
+
+# Runs nextest here with the project's `matrix` profile, its JUnit report going to
+# OUT/junit.xml (read by tests/containers/summary.py).
+#   nextest_matrix OUT [cargo nextest run arguments...]
+nextest_matrix() {
+    local out="$1" status=0
+    shift
+    { cat "$ROOT/.config/nextest.toml"; printf '\n[store]\ndir = "%s"\n' "$out/store"; } >"$out/nextest.toml"
+    cargo nextest run --release --config-file "$out/nextest.toml" --profile matrix \
+        --no-fail-fast "$@" || status=$?
+    cp "$out/store/matrix/junit.xml" "$out/junit.xml" 2>/dev/null || true
+    rm -rf "$out/store"
+    return "$status"
+}

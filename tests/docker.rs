@@ -1,12 +1,14 @@
-//! The Docker image, checked without a Docker engine: the Dockerfile passes hadolint; the
-//! image's configuration, rendered by `envsubst` as the nginx image's entrypoint renders it,
-//! runs as a sticky proxy; and the image's build command (`scripts/build-for-nginx SOURCE
-//! NGINX`) makes a module that loads into that nginx.
+//! The Docker image. Without a Docker engine: the Dockerfile passes hadolint, and the image's
+//! configuration, rendered by `envsubst` as the nginx image's entrypoint renders it, runs as a
+//! sticky proxy and serves its status page. With one (`scripts/test-docker` builds the image
+//! and names it in `TEST_DOCKER_IMAGE`): the image itself in front of two Tomcat containers,
+//! and the compose example with the distribution's `docker-compose`.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -59,6 +61,7 @@ fn image_configuration_is_a_sticky_proxy() {
         ("BACKEND2", &b2),
         ("ROUTE1", "tomcat01"),
         ("ROUTE2", "tomcat02"),
+        ("STATUS_ALLOW", "127.0.0.1"),
     ]);
     assert!(rendered.contains("$cookie_JSESSIONID|jsessionid"), "nginx variables survive");
 
@@ -121,6 +124,9 @@ fn image_configuration_is_a_sticky_proxy() {
         }
         let counts = tally(&(0..10).map(|_| request(port, "/", &[])).collect::<Vec<_>>());
         assert_eq!(counts.len(), 2, "{counts:?}");
+        let status = request(port, "/jvm-route/status?format=json", &[]);
+        assert_eq!(status.status, 200, "{status:?}");
+        assert!(status.body.contains("\"tomcat02\""), "{}", status.body);
     });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -130,62 +136,278 @@ fn image_configuration_is_a_sticky_proxy() {
     }
 }
 
-/// The nginx source tree that the bundled nginx was built from (the `nginx-src` crate).
-fn bundled_nginx_source() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1"])
+/// Runs `docker ARGS` (or another program), failing the test with its output if it fails.
+fn run(program: &str, args: &[&str], envs: &[(String, String)]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .current_dir(repo())
         .output()
-        .expect("cargo metadata");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let manifest = text
-        .split("\"manifest_path\":\"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .find(|path| path.contains("/nginx-src-"))
-        .expect("nginx-src in cargo metadata");
-    Path::new(manifest).parent().expect("crate dir").join("nginx")
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn docker(args: &[&str]) -> String {
+    run("docker", args, &[])
+}
+
+/// The counting page of `tests/tomcat/webapp`: `node=N session=ID count=C ...`.
+#[derive(Debug)]
+struct Page {
+    node: String,
+    session: String,
+    count: u32,
+}
+
+fn page(port: u16, cookie: Option<&str>) -> Option<Page> {
+    let header = cookie.map(|c| format!("JSESSIONID={c}"));
+    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("Cookie", h.as_str())).collect();
+    let stream_ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    if !stream_ok {
+        return None;
+    }
+    let response = request(port, "/index.jsp", &headers);
+    if response.status != 200 {
+        eprintln!("GET /index.jsp (session {cookie:?}): {} {}", response.status, response.body);
+        return None;
+    }
+    let field = |name: &str| {
+        response
+            .body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    Some(Page {
+        node: field("node="),
+        session: field("session="),
+        count: field("count=").parse().unwrap_or(0),
+    })
+}
+
+/// Sticky sessions through the proxy on `port`, then `stop` stops tomcat01: each of its
+/// sessions moves to tomcat02 once (one new session there, which then counts on), and
+/// tomcat02's sessions do not notice.
+fn sticky_then_failover(port: u16, stop: impl FnOnce()) {
+    assert!(
+        eventually(120, || {
+            let nodes: std::collections::BTreeSet<String> =
+                (0..4).filter_map(|_| page(port, None)).map(|p| p.node).collect();
+            nodes.len() == 2
+        }),
+        "the proxy on 127.0.0.1:{port} did not reach both Tomcats within 120 s"
+    );
+    // 12 clients, each with its own session.
+    let mut clients: Vec<Page> = (0..12).filter_map(|_| page(port, None)).collect();
+    assert_eq!(clients.len(), 12);
+    for client in clients.iter_mut() {
+        assert!(client.session.ends_with(&format!(".{}", client.node)), "{client:?}");
+        for _ in 0..5 {
+            let next = page(port, Some(&client.session)).expect("a page");
+            assert_eq!((&next.node, &next.session), (&client.node, &client.session));
+            assert_eq!(next.count, client.count + 1, "the session counts on");
+            *client = next;
+        }
+    }
+    let per_node: BTreeMap<&str, usize> = clients.iter().fold(BTreeMap::new(), |mut m, c| {
+        *m.entry(c.node.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_node.len(), 2, "new sessions are balanced: {per_node:?}");
+
+    stop();
+    for client in clients.iter_mut() {
+        let was = client.node.clone();
+        let mut moves = 0;
+        for _ in 0..5 {
+            let next = page(port, Some(&client.session)).expect("a page after the stop");
+            assert_eq!(next.node, "tomcat02", "{was} session after tomcat01 stopped: {next:?}");
+            if next.session != client.session {
+                moves += 1;
+                assert_eq!((was.as_str(), next.count), ("tomcat01", 1), "{next:?}");
+            } else {
+                assert_eq!(next.count, client.count + 1);
+            }
+            *client = next;
+        }
+        assert_eq!(moves, usize::from(was == "tomcat01"), "a {was} session moved {moves} times");
+    }
+}
+
+/// Waits until nginx in `container` answers on `port`; if the container stops instead (a
+/// configuration error, say), fails with its log.
+fn wait_up(port: u16, container: &str) {
+    let running = || docker(&["inspect", "-f", "{{.State.Running}}", container]) == "true";
+    let up =
+        eventually(30, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() || !running());
+    if !(up && running()) {
+        let out = Command::new("docker").args(["logs", container]).output().expect("docker logs");
+        panic!(
+            "nginx in {container} did not start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Containers and a network named after this test process, removed when dropped.
+struct Containers {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", name]).output();
+        }
+        let _ = Command::new("docker").args(["network", "rm", &self.prefix]).output();
+    }
 }
 
 #[test]
-fn image_build_command_makes_a_module_that_loads() {
-    // scripts/test builds it once and passes it on; alone, this test builds it itself.
-    let module = match std::env::var_os("TEST_BUILD_FOR_NGINX_MODULE") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let nginx = PathBuf::from(env!("JVM_ROUTE_NGINX_BINARY"));
-            let dir = TempDir::new("build-for-nginx");
-            let tree = dir.path().join("nginx");
-            let copy = Command::new("cp")
-                .arg("-a")
-                .arg(bundled_nginx_source())
-                .arg(&tree)
-                .status()
-                .expect("cp");
-            assert!(copy.success());
-            let out = Command::new(repo().join("scripts/build-for-nginx"))
-                .arg(&tree)
-                .arg(&nginx)
-                .output()
-                .expect("scripts/build-for-nginx");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            PathBuf::from(stdout.lines().last().expect("module path").trim())
-        }
+fn image_runs_in_front_of_two_tomcat_containers() {
+    let (Some(image), Some(tomcat)) =
+        (std::env::var_os("TEST_DOCKER_IMAGE"), std::env::var_os("TEST_DOCKER_TOMCAT_IMAGE"))
+    else {
+        eprintln!("skipped: needs Docker and the image; scripts/test-docker builds and runs it");
+        return;
     };
-    assert!(module.exists(), "{}", module.display());
+    let (image, tomcat) = (image.to_string_lossy(), tomcat.to_string_lossy());
+    let prefix = format!("jvm-route-test-{}", std::process::id());
+    let mut containers = Containers { prefix: prefix.clone(), names: Vec::new() };
+    docker(&["network", "create", &prefix]);
+    let subnet =
+        docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", &prefix]);
+    let server_xml = format!(
+        "{}:/usr/local/tomcat/conf/server.xml:ro",
+        repo().join("nginx-conf/docker/server.xml").display()
+    );
+    let webapp = format!(
+        "{}:/usr/local/tomcat/webapps/ROOT:ro",
+        repo().join("tests/tomcat/webapp").display()
+    );
+    for node in ["tomcat01", "tomcat02"] {
+        let name = format!("{prefix}-{node}");
+        containers.names.push(name.clone());
+        let options = format!(
+            "CATALINA_OPTS=-DjvmRoute={node} -Dhttp.port=8080 -Dhttp.address=0.0.0.0 -Dnode={node} -Xmx128m"
+        );
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &prefix,
+            "--network-alias",
+            node,
+            "-v",
+            &server_xml,
+            "-v",
+            &webapp,
+            "-e",
+            &options,
+            &tomcat,
+        ]);
+    }
+    // As the README runs it: BACKEND1/BACKEND2, the ROUTE defaults, STATUS_ALLOW for the
+    // network the requests come from (published ports arrive from its gateway).
+    let port = free_port();
+    let name = format!("{prefix}-nginx");
+    containers.names.push(name.clone());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &prefix,
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "-e",
+        "BACKEND1=tomcat01:8080",
+        "-e",
+        "BACKEND2=tomcat02:8080",
+        "-e",
+        &format!("STATUS_ALLOW={subnet}"),
+        &image,
+    ]);
+    let logs = || {
+        let out = Command::new("docker").args(["logs", &name]).output().expect("docker logs");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    wait_up(port, &name);
 
-    // Loaded into the nginx whose `-V` configured it.
-    let dir = TempDir::new("build-for-nginx-load");
-    let conf = format!(
-        "load_module {};\nerror_log stderr;\nevents {{}}\nhttp {{\n    upstream tomcats {{\n        server 127.0.0.1:1 srun_id=a;\n        jvm_route $cookie_JSESSIONID reverse;\n    }}\n}}\n",
-        module.display()
-    );
-    fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let out = nginx_check(
-        Path::new(env!("JVM_ROUTE_NGINX_BINARY")),
-        dir.path(),
-        &dir.path().join("nginx.conf"),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sticky_then_failover(port, || {
+        docker(&["stop", "-t", "10", &format!("{prefix}-tomcat01")]);
+    });
+
+    // The status page, read through the published port; tomcat01 failed when it stopped.
+    let status = request(port, "/jvm-route/status?format=json", &[]);
+    assert_eq!(status.status, 200, "{status:?}\n{}", logs());
+    let json: serde_json::Value = serde_json::from_str(&status.body).expect("status JSON");
+    let servers = json.to_string();
+    for node in ["\"tomcat01\"", "\"tomcat02\""] {
+        assert!(servers.contains(node), "{node} in {servers}");
+    }
+    let text = request(port, "/jvm-route/status", &[]);
+    assert!(text.body.contains("tomcat02"), "{}", text.body);
+    // The image's error log names the module's upstream, no session ids.
+    let log = logs();
+    assert!(!log.contains("JSESSIONID="), "{log}");
+    assert!(log.contains("rendered"), "the entrypoint rendered the template:\n{log}");
+    drop(containers);
+}
+
+#[test]
+fn compose_example_runs_with_the_distributions_compose() {
+    let Some(args) = std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS") else {
+        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
+        return;
+    };
+    let tomcat = std::env::var("TEST_DOCKER_TOMCAT_IMAGE").expect("TEST_DOCKER_TOMCAT_IMAGE");
+    let port = free_port();
+    let project = format!("jvm-route-test-{}", std::process::id());
+    let mut envs: Vec<(String, String)> = args
+        .to_string_lossy()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (format!("JVM_ROUTE_{k}"), v.to_owned()))
+        .collect();
+    envs.push(("JVM_ROUTE_TOMCAT_IMAGE".into(), tomcat));
+    envs.push(("JVM_ROUTE_PORT".into(), port.to_string()));
+    let files = [
+        "-p",
+        &project,
+        "-f",
+        "nginx-conf/docker/compose.yaml",
+        "-f",
+        "tests/containers/compose.local.yaml",
+    ];
+    let compose = |extra: &[&str]| {
+        let args: Vec<&str> = files.iter().chain(extra).copied().collect();
+        run("docker-compose", &args, &envs)
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (self.0)(&["down", "-v", "--remove-orphans", "-t", "5"])
+            }));
+        }
+    }
+    compose(&["build", "-q"]);
+    let _down = Down(&compose);
+    compose(&["up", "-d"]);
+    wait_up(port, &compose(&["ps", "-q", "nginx"]));
+    sticky_then_failover(port, || {
+        compose(&["stop", "-t", "10", "tomcat01"]);
+    });
 }

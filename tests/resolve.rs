@@ -250,7 +250,8 @@ fn failover_modes_follow_a_resolve_server() {
         assert_eq!(session(&nginx, "tomcat03").backend(), "tomcat03");
     }
 
-    nginx.reload_with(&conf("consistent"), 2);
+    // Waited for: an old worker, still with failover=off, must not answer the checks below.
+    nginx.reload_and_wait(&conf("consistent"), 2);
     assert!(eventually(15, || {
         let r = session(&nginx, "tomcat01");
         r.status == 200

@@ -1,11 +1,12 @@
-//! End to end with real Tomcat 10 (Debian 12's `tomcat10-user`): two Tomcats with
+//! End to end with real Tomcat 10.1 or 11 (Debian's `tomcat10-user` or `tomcat11-user`, chosen
+//! by `TEST_TOMCAT`; the version matrix runs both): two Tomcats with
 //! `jvmRoute="tomcat01"` and `"tomcat02"` behind the nginx with this module, serving the JSP of
 //! `tests/tomcat/webapp`. The JSP counts the requests of its HTTP session and answers one line,
 //! `node=<node> session=<session id> count=<n> link=<encodeURL("index.jsp")>`, so a lost
 //! session (a request routed to the wrong Tomcat) shows as a new session id and a reset count.
 //!
-//! One Tomcat installation (`/usr/share/tomcat10`), one `CATALINA_BASE` per instance in a
-//! temporary directory, made by `tomcat10-instance-create`. Without Tomcat these tests fail and
+//! One Tomcat installation (`/usr/share/tomcatN`), one `CATALINA_BASE` per instance in a
+//! temporary directory, made by `tomcatN-instance-create`. Without Tomcat these tests fail and
 //! say what to install.
 
 mod common;

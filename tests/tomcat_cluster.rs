@@ -1,4 +1,4 @@
-//! A Tomcat node dies and nobody logs in again: three real Tomcat 10 nodes replicating their
+//! A Tomcat node dies and nobody logs in again: three real Tomcat (10.1 or 11) nodes replicating their
 //! sessions (`nginx-conf/tomcat-cluster/server.xml`: `SimpleTcpCluster`, static membership,
 //! `DeltaManager` or `BackupManager`, `JvmRouteBinderValve`) behind nginx with this module.
 //! 60 clients open sessions on the counting page; under their traffic one node is killed with

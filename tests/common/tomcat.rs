@@ -1,7 +1,9 @@
-//! Real Tomcat 10 instances for the tests (Debian's `tomcat10-user`): one installation
-//! (`/usr/share/tomcat10`), one `CATALINA_BASE` per instance in a temporary directory, made by
-//! `tomcat10-instance-create`, serving the JSP of `tests/tomcat/webapp`. Without Tomcat the tests
-//! that use it fail and say what to install.
+//! Real Tomcat instances for the tests (Debian's `tomcat10-user`, Tomcat 10.1, or
+//! `tomcat11-user`): one installation (`/usr/share/tomcatN`), one `CATALINA_BASE` per instance in
+//! a temporary directory, made by `tomcatN-instance-create`, serving the JSP of
+//! `tests/tomcat/webapp`. `TEST_TOMCAT` names the package (`tomcat10` or `tomcat11`); without it,
+//! the first of them that is installed. Without Tomcat the tests that use it fail and say what
+//! to install.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -15,16 +17,33 @@ use std::time::{Duration, Instant};
 use super::free_port;
 use super::TempDir;
 
-const CATALINA_HOME: &str = "/usr/share/tomcat10";
-const INSTANCE_CREATE: &str = "/usr/bin/tomcat10-instance-create";
+/// The Debian package name of the Tomcat under test: `tomcat10` or `tomcat11`.
+pub fn tomcat_package() -> String {
+    std::env::var("TEST_TOMCAT").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| {
+        ["tomcat10", "tomcat11"]
+            .into_iter()
+            .find(|t| Path::new(&format!("/usr/share/{t}/bin/catalina.sh")).exists())
+            .unwrap_or("tomcat10")
+            .to_owned()
+    })
+}
 
-/// Fails the test (never skips it) when Tomcat 10 is not installed.
+fn catalina_home() -> String {
+    format!("/usr/share/{}", tomcat_package())
+}
+
+fn instance_create() -> String {
+    format!("/usr/bin/{}-instance-create", tomcat_package())
+}
+
+/// Fails the test (never skips it) when Tomcat is not installed.
 pub fn require_tomcat() {
-    for tool in [format!("{CATALINA_HOME}/bin/catalina.sh"), INSTANCE_CREATE.to_owned()] {
+    let package = tomcat_package();
+    for tool in [format!("{}/bin/catalina.sh", catalina_home()), instance_create()] {
         assert!(
             Path::new(&tool).exists(),
-            "Tomcat 10 is not installed ({tool} is missing): these tests need a real Tomcat; \
-             install it with `apt-get install --no-install-recommends tomcat10-user` \
+            "Tomcat ({package}) is not installed ({tool} is missing): these tests need a real \
+             Tomcat; install it with `apt-get install --no-install-recommends {package}-user` \
              (as root, Debian 12 or later)"
         );
     }
@@ -89,7 +108,7 @@ impl Tomcat {
         let dir = TempDir::new(&format!("tomcat-{node}"));
         let base = dir.path().join("base");
         let port = free_port();
-        let output = Command::new(INSTANCE_CREATE)
+        let output = Command::new(instance_create())
             .arg("-p")
             .arg(port.to_string())
             .arg("-c")
@@ -97,10 +116,11 @@ impl Tomcat {
             .arg(&base)
             .stdin(Stdio::null())
             .output()
-            .expect("run tomcat10-instance-create");
+            .expect("run tomcatN-instance-create");
         assert!(
             output.status.success() && base.join("conf/server.xml").exists(),
-            "tomcat10-instance-create failed: {}{}",
+            "{}-instance-create failed: {}{}",
+            tomcat_package(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -137,11 +157,11 @@ impl Tomcat {
             .append(true)
             .open(self.base.join("logs/console.log"))
             .expect("open Tomcat console log");
-        let mut command = Command::new(format!("{CATALINA_HOME}/bin/catalina.sh"));
+        let mut command = Command::new(format!("{}/bin/catalina.sh", catalina_home()));
         command
             .arg("run")
             .current_dir(&self.base)
-            .env("CATALINA_HOME", CATALINA_HOME)
+            .env("CATALINA_HOME", catalina_home())
             .env("CATALINA_BASE", &self.base)
             .env(
                 "CATALINA_OPTS",
