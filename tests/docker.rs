@@ -271,6 +271,19 @@ struct Containers {
     names: Vec<String>,
 }
 
+impl Containers {
+    /// `docker run -d` of `image` as PREFIX-`role` on the test's network; returns its name.
+    fn run(&mut self, role: &str, args: &[&str], image: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        self.names.push(name.clone());
+        let mut all = vec!["run", "-d", "--name", &name, "--network", &self.prefix];
+        all.extend_from_slice(args);
+        all.push(image);
+        docker(&all);
+        name
+    }
+}
+
 impl Drop for Containers {
     fn drop(&mut self) {
         for name in &self.names {
@@ -303,51 +316,21 @@ fn image_runs_in_front_of_two_tomcat_containers() {
         repo().join("tests/tomcat/webapp").display()
     );
     for node in ["tomcat01", "tomcat02"] {
-        let name = format!("{prefix}-{node}");
-        containers.names.push(name.clone());
         let options = format!(
             "CATALINA_OPTS=-DjvmRoute={node} -Dhttp.port=8080 -Dhttp.address=0.0.0.0 -Dnode={node} -Xmx128m"
         );
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &prefix,
-            "--network-alias",
-            node,
-            "-v",
-            &server_xml,
-            "-v",
-            &webapp,
-            "-e",
-            &options,
-            &tomcat,
-        ]);
+        let args = ["--network-alias", node, "-v", &server_xml, "-v", &webapp, "-e", &options];
+        containers.run(node, &args, &tomcat);
     }
     // As the README runs it: BACKEND1/BACKEND2, the ROUTE defaults, STATUS_ALLOW for the
     // network the requests come from (published ports arrive from its gateway).
     let port = free_port();
-    let name = format!("{prefix}-nginx");
-    containers.names.push(name.clone());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        &prefix,
-        "-p",
-        &format!("127.0.0.1:{port}:80"),
-        "-e",
-        "BACKEND1=tomcat01:8080",
-        "-e",
-        "BACKEND2=tomcat02:8080",
-        "-e",
-        &format!("STATUS_ALLOW={subnet}"),
-        &image,
-    ]);
+    let published = format!("127.0.0.1:{port}:80");
+    let allow = format!("STATUS_ALLOW={subnet}");
+    let backends = ["-e", "BACKEND1=tomcat01:8080", "-e", "BACKEND2=tomcat02:8080"];
+    let args: Vec<&str> =
+        ["-p", published.as_str(), "-e", &allow].iter().chain(&backends).copied().collect();
+    let name = containers.run("nginx", &args, &image);
     let logs = || {
         let out = Command::new("docker").args(["logs", &name]).output().expect("docker logs");
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
