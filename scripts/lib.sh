@@ -123,13 +123,14 @@ need_nextest() {
 }
 
 # Runs nextest here with the project's `matrix` profile, its JUnit report going to
-# OUT/junit.xml (read by tests/containers/summary.py).
+# OUT/junit.xml (read by tests/containers/summary.py). Release build unless
+# NEXTEST_BUILD=--cargo-profile=dev (debug assertions on).
 #   nextest_matrix OUT [cargo nextest run arguments...]
 nextest_matrix() {
     local out="$1" status=0
     shift
     { cat "$ROOT/.config/nextest.toml"; printf '\n[store]\ndir = "%s"\n' "$out/store"; } >"$out/nextest.toml"
-    cargo nextest run --release --config-file "$out/nextest.toml" --profile matrix \
+    cargo nextest run "${NEXTEST_BUILD:---release}" --config-file "$out/nextest.toml" --profile matrix \
         --no-fail-fast "$@" || status=$?
     cp "$out/store/matrix/junit.xml" "$out/junit.xml" 2>/dev/null || true
     rm -rf "$out/store"

@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
     ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_peer_connection_t, ngx_str_t,
-    ngx_uint_t, time_t,
+    ngx_table_elt_t, ngx_uint_t, time_t,
 };
 
 extern "C" {
@@ -37,6 +37,22 @@ extern "C" {
         peers: *mut ngx_http_upstream_rr_peers_t,
     ) -> *mut ngx_http_upstream_rr_peer_t;
     fn ngx_http_jvm_route_server_resolves(server: *mut ngx_http_upstream_server_t) -> ngx_uint_t;
+    fn ngx_http_jvm_route_server_service(server: *mut ngx_http_upstream_server_t) -> ngx_uint_t;
+}
+
+/// `len` elements at `data`, or none when `data` is null (nginx's empty lists and buffers
+/// have a null pointer, which `slice::from_raw_parts` does not allow even for no elements).
+///
+/// # Safety
+/// `data` must be null or point to `len` initialised elements that stay valid and unchanged
+/// for `'a`.
+#[inline(always)]
+pub unsafe fn slice<'a, T>(data: *const T, len: usize) -> &'a [T] {
+    if data.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: per the function contract.
+    unsafe { std::slice::from_raw_parts(data, len) }
 }
 
 /// The bytes of an `ngx_str_t`, for as long as the caller says they live.
@@ -46,11 +62,8 @@ extern "C" {
 /// unchanged for `'a`.
 #[inline(always)]
 pub unsafe fn bytes<'a>(s: ngx_str_t) -> &'a [u8] {
-    if s.len == 0 || s.data.is_null() {
-        return &[];
-    }
     // SAFETY: per the function contract.
-    unsafe { std::slice::from_raw_parts(s.data, s.len) }
+    unsafe { slice(s.data, s.len) }
 }
 
 /// The bytes of an `ngx_str_t`, borrowed with the structure that holds it.
@@ -184,6 +197,36 @@ pub fn server_resolves(server: &ngx_http_upstream_server_t) -> bool {
     unsafe { ngx_http_jvm_route_server_resolves(std::ptr::from_ref(server).cast_mut()) != 0 }
 }
 
+/// Whether a configured server takes its addresses and weights from DNS SRV records
+/// (`service=`).
+pub fn server_has_service(server: &ngx_http_upstream_server_t) -> bool {
+    // SAFETY: reads one field of a valid server.
+    unsafe { ngx_http_jvm_route_server_service(std::ptr::from_ref(server).cast_mut()) != 0 }
+}
+
+/// Adds a response header with every field set, as nginx sets its own: `next` (nginx >= 1.23
+/// links headers of one name through it) is null. None if memory ran out.
+///
+/// # Safety
+/// `r` must be a live request whose header has not been sent.
+pub unsafe fn push_header(
+    r: *mut ngx::ffi::ngx_http_request_t,
+    key: &str,
+    value: &[u8],
+) -> Option<()> {
+    // SAFETY: per the function contract; nginx copies key and value into the request pool.
+    unsafe {
+        let h = ngx::ffi::ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>();
+        if h.is_null() {
+            return None;
+        }
+        // The element is pool memory, not initialised: every field starts as zero (`next`
+        // null), then the key, value, lower-case key and hash are set.
+        std::ptr::write_bytes(h, 0, 1);
+        ngx::ffi::add_to_ngx_table(h, (*r).pool, key, value)
+    }
+}
+
 /// The peers of a list, in order.
 ///
 /// # Safety
@@ -234,6 +277,22 @@ pub fn is_failed(peer: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
     peer.max_fails != 0 && peer.fails >= peer.max_fails && now - peer.checked <= peer.fail_timeout
 }
 
+/// [`is_failed`] of a peer that other workers may be writing (under the list's read lock and
+/// the peer's own lock): its fields are read through the raw pointer, one by one.
+///
+/// # Safety
+/// `peer` must be a peer of a list locked at least for reading.
+pub unsafe fn is_failed_raw(peer: *const ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
+    // SAFETY: per the function contract.
+    unsafe {
+        let max_fails = (&raw const (*peer).max_fails).read();
+        let fails = (&raw const (*peer).fails).read_volatile();
+        let checked = (&raw const (*peer).checked).read_volatile();
+        let fail_timeout = (&raw const (*peer).fail_timeout).read();
+        max_fails != 0 && fails >= max_fails && now - checked <= fail_timeout
+    }
+}
+
 /// Gives `peer` (at `index` of `rrp`'s current list) to the connection, exactly as round robin
 /// does after choosing it: current peer, reference, tried bit, `checked`, address, `conns`.
 ///
@@ -280,5 +339,68 @@ pub unsafe fn switch_to_backup(
         rrp.peers = backup;
         let words = (*backup).number.div_ceil(BITS);
         std::ptr::write_bytes(rrp.tried, 0, words);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`push_header`] against stand-ins for the three nginx functions it calls (the unit tests
+    //! run without nginx): the list hands out memory full of garbage, as a reused pool block is.
+    use super::*;
+    use ngx::ffi::{ngx_http_request_t, ngx_list_t, ngx_pool_t, ngx_uint_t};
+    use std::cell::RefCell;
+
+    thread_local! {
+        static ELEMENT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[no_mangle]
+    extern "C" fn ngx_list_push(_list: *mut ngx_list_t) -> *mut c_void {
+        ELEMENT.with(|e| {
+            let mut e = e.borrow_mut();
+            *e = vec![0xA5; size_of::<ngx_table_elt_t>() + 64];
+            e.as_mut_ptr().cast()
+        })
+    }
+
+    #[no_mangle]
+    extern "C" fn ngx_pnalloc(_pool: *mut ngx_pool_t, size: usize) -> *mut c_void {
+        Box::leak(vec![0u8; size.max(1)].into_boxed_slice()).as_mut_ptr().cast()
+    }
+
+    #[no_mangle]
+    extern "C" fn ngx_hash_strlow(dst: *mut u8, src: *mut u8, n: usize) -> ngx_uint_t {
+        let mut key: ngx_uint_t = 0;
+        for i in 0..n {
+            // SAFETY: nginx's contract: `n` bytes at each.
+            unsafe {
+                let c = (*src.add(i)).to_ascii_lowercase();
+                *dst.add(i) = c;
+                key = key.wrapping_mul(31).wrapping_add(ngx_uint_t::from(c));
+            }
+        }
+        key
+    }
+
+    #[test]
+    fn a_pushed_header_has_every_field_set() {
+        // SAFETY: a zeroed request is a valid value of the C struct; only `headers_out.headers`
+        // and `pool` are read, by the stand-ins above.
+        let mut r: ngx_http_request_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `r` lives through the call; the element stays in ELEMENT.
+        assert!(unsafe { push_header(&mut r, "Set-Cookie", b"ROUTE=.a") }.is_some());
+        ELEMENT.with(|e| {
+            let e = e.borrow();
+            // SAFETY: push_header wrote a whole ngx_table_elt_t at the start of the element.
+            let h = unsafe { &*e.as_ptr().cast::<ngx_table_elt_t>() };
+            // SAFETY: key and value were copied by the stand-in allocator.
+            unsafe {
+                assert_eq!(str_bytes(&h.key), b"Set-Cookie");
+                assert_eq!(str_bytes(&h.value), b"ROUTE=.a");
+            }
+            assert_ne!(h.hash, 0);
+            #[cfg(nginx1_23_0)]
+            assert!(h.next.is_null(), "next links headers of one name: it must be null");
+        });
     }
 }

@@ -153,8 +153,19 @@ pub static mut ngx_http_upstream_jvm_route_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(MODULE_CTX) as *mut _,
     commands: addr_of_mut!(COMMANDS) as *mut _,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_module: Some(init_module),
     ..ngx_module_t::default()
 };
+
+/// The cycle is complete (in the master, before its workers start): the previous cycle's
+/// marks are handed over to it ([`zone::commit`]).
+unsafe extern "C" fn init_module(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx::ffi::ngx_int_t {
+    let tag = addr_of!(ngx_http_upstream_jvm_route_module).cast_mut().cast();
+    // SAFETY: nginx calls this with the cycle it just initialised, whose predecessor's shared
+    // memory it unmaps only after every module's `init_module`.
+    unsafe { zone::commit(cycle, tag) };
+    ngx::ffi::NGX_OK as ngx::ffi::ngx_int_t
+}
 
 static FILTER_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,

@@ -150,3 +150,17 @@ ngx_http_jvm_route_server_resolves(ngx_http_upstream_server_t *server)
     return 0;
 #endif
 }
+
+
+/* Whether a configured server takes its addresses and weights from DNS SRV
+ * records ("service="). */
+ngx_uint_t
+ngx_http_jvm_route_server_service(ngx_http_upstream_server_t *server)
+{
+#if (NGX_HTTP_JVM_ROUTE_RESOLVE)
+    return server->service.len != 0;
+#else
+    return 0;
+#endif
+}
+

@@ -181,11 +181,8 @@ unsafe fn set_route_cookie(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Opti
     value.extend_from_slice(b"=.");
     value.extend_from_slice(server);
     value.extend_from_slice(&cookie.attributes);
-    // SAFETY: as above; nginx copies key and value into the request pool.
-    unsafe {
-        let header = ngx::ffi::ngx_list_push(&mut (*r).headers_out.headers);
-        ngx::ffi::add_to_ngx_table(header.cast(), (*r).pool, "Set-Cookie", &value)
-    }
+    // SAFETY: as above.
+    unsafe { crate::ffi::push_header(r, "Set-Cookie", &value) }
 }
 
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {

@@ -22,8 +22,9 @@ use ngx::ffi::{
 
 use crate::conf::{server_name, servers, UpstreamConf};
 use crate::ffi::{self, str_bytes, PeersLock};
+use crate::rules::marks::State;
 use crate::rules::route::{FastMap, PeerList, RouteMode, RouteTable};
-use crate::zone::{Stats, STATE_DOWN, STATE_DRAIN};
+use crate::zone::Stats;
 
 /// One peer as this module sees it.
 pub struct PeerInfo {
@@ -37,6 +38,9 @@ pub struct PeerInfo {
     pub config_down: bool,
     /// `weight` in the configuration.
     pub config_weight: ngx_int_t,
+    /// Its weight comes from a DNS SRV record (`service=`): this module never writes it, or
+    /// nginx's resolver would no longer recognise the peer and would replace it.
+    pub srv_weight: bool,
     /// The runtime `down` mark, as last applied.
     pub marked_down: Cell<bool>,
 }
@@ -65,6 +69,9 @@ pub struct View {
     pub cursor: Cell<usize>,
     /// The runtime-marks generation last applied to the peers.
     applied: Cell<Option<u64>>,
+    /// How many peers drain (as last applied): they are not counted in the lists' `tries`,
+    /// yet a session's request may go to one of them first.
+    pub draining: Cell<usize>,
 }
 
 impl View {
@@ -132,11 +139,13 @@ impl View {
         }
     }
 
-    /// Brings the peers' `down` flags and weights in line with the runtime marks, if they
-    /// changed since this worker last looked: a drained or downed server is skipped by the
-    /// balancing method (`down`), and the configuration's `down` always stays; a runtime
-    /// weight replaces the configured one, and the list's total weight follows (round robin,
-    /// `hash` and `ip_hash` read it).
+    /// Brings the peers' `down` flags and weights in line with the configuration and the
+    /// runtime marks ([`rules::marks`](crate::rules::marks)), if the marks changed since this
+    /// worker last looked: a drained or downed server is skipped by the balancing method
+    /// (`down`), and the configuration's `down` always stays; a runtime weight replaces the
+    /// configured one (never a weight from a DNS SRV record), and the list's total weight and
+    /// `tries` follow, exactly as nginx keeps them (round robin, `hash` and `ip_hash` read the
+    /// total; the zone's resolver adds and subtracts `tries` for peers that are not down).
     #[inline]
     pub fn apply_marks(&self, stats: &Stats) {
         let generation = stats.generation();
@@ -148,6 +157,7 @@ impl View {
     /// [`apply_marks`](Self::apply_marks) once the marks have moved to `generation`.
     #[cold]
     fn apply_changed_marks(&self, stats: &Stats, generation: u64) {
+        let mut draining = 0;
         for (infos, list) in [(&self.primary, self.list), (&self.backup, self.backup_list())] {
             if list.is_null() {
                 continue;
@@ -160,41 +170,45 @@ impl View {
             };
             for info in infos {
                 let Some(slot) = info.slot else { continue };
-                let weight = stats.weight(slot).map_or(info.config_weight, |w| w as ngx_int_t);
-                // SAFETY: the peer belongs to the write-locked list, at the view's generation.
-                unsafe {
-                    let peer = &mut *info.peer;
-                    if peer.weight != weight {
-                        peer.weight = weight;
-                        peer.effective_weight = weight;
+                let peer = info.peer;
+                if !info.srv_weight {
+                    let weight = stats.weight(slot).map_or(info.config_weight, |w| w as ngx_int_t);
+                    // SAFETY: the peer belongs to the write-locked list, at the view's
+                    // generation; fields are written through the raw pointer, as nginx does.
+                    unsafe {
+                        if (*peer).weight != weight {
+                            (*peer).weight = weight;
+                            (*peer).effective_weight = weight;
+                        }
                     }
                 }
-                if info.config_down {
-                    continue;
-                }
-                let marks = stats.state(slot);
-                info.marked_down.set(marks & STATE_DOWN != 0);
-                let down = if marks & STATE_DOWN != 0 {
-                    1
-                } else if marks & STATE_DRAIN != 0 {
-                    ffi::DRAINING_DOWN
-                } else {
-                    0
+                let state = stats.effective(slot);
+                info.marked_down.set(state == State::Down && !info.config_down);
+                let down = match state {
+                    State::Down => 1,
+                    State::Draining => {
+                        draining += 1;
+                        ffi::DRAINING_DOWN
+                    }
+                    State::Up => 0,
                 };
-                // SAFETY: the peer belongs to the write-locked list, at the view's generation.
-                unsafe { (*info.peer).down = down };
+                // SAFETY: as above.
+                unsafe { (*peer).down = down };
             }
             // SAFETY: the list is write-locked; its peers are its own.
             unsafe {
-                let (mut total, mut number) = (0, 0);
+                let (mut total, mut number, mut tries) = (0, 0, 0);
                 for peer in ffi::iter(list) {
                     total += (*peer).weight as ngx_uint_t;
                     number += 1;
+                    tries += ngx_uint_t::from((*peer).down == 0);
                 }
                 (*list).total_weight = total;
                 (*list).set_weighted(u32::from(total != number));
+                (*list).tries = tries;
             }
         }
+        self.draining.set(draining);
         self.applied.set(Some(generation));
     }
 }
@@ -209,11 +223,17 @@ unsafe impl Sync for Views {}
 
 static VIEWS: Views = Views(UnsafeCell::new(Vec::new()));
 
-/// The view of the upstream's current peer list, built or rebuilt if needed. The reference is
-/// good until the next call of `current` for the same upstream: callers use it within one
-/// callback.
+/// The view of the upstream's current peer list, built or rebuilt if needed.
+///
+/// # Safety
+/// The reference is good until the next call of `current` for the same upstream, which may
+/// free the view: the caller uses it within one callback and calls `current` for this upstream
+/// again only after its last use.
 #[inline]
-pub fn current<'a>(ucf: &'a UpstreamConf, us: &ngx_http_upstream_srv_conf_t) -> Option<&'a View> {
+pub unsafe fn current<'a>(
+    ucf: &'a UpstreamConf,
+    us: &ngx_http_upstream_srv_conf_t,
+) -> Option<&'a View> {
     let list = us.peer.data.cast::<ngx_http_upstream_rr_peers_t>();
     if list.is_null() {
         return None;
@@ -382,6 +402,7 @@ unsafe fn walk(
             slot: line.map(|i| ucf.slot_base + i),
             config_down: line.is_some_and(|i| servers[i].down != 0),
             config_weight: line.map_or(1, |i| servers[i].weight as ngx_int_t),
+            srv_weight: line.is_some_and(|i| ffi::server_has_service(&servers[i])),
             marked_down: Cell::new(false),
         });
     }
@@ -425,5 +446,6 @@ fn finish(
         stats: ucf.stats(),
         cursor: Cell::new(0),
         applied: Cell::new(None),
+        draining: Cell::new(0),
     }
 }

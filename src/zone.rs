@@ -2,25 +2,36 @@
 //! into, and obeys, the same numbers and marks.
 //!
 //! The zone `jvm_route` holds a header, one record per upstream that uses `jvm_route` (three
-//! counters) and one record per `server` line of those upstreams (five counters and a state
-//! word with the drain and down marks set at run time). Each record starts with a key: a hash
-//! of the upstream's name, and for a server line of the upstream's name, the server's name, its
-//! srun_id, whether it is a backup, and its rank among identical lines.
+//! counters) and one record per `server` line of those upstreams (five counters, the marks set
+//! at run time, the runtime weight, and what the configuration says of the line: its weight,
+//! `drain`, `down`, and whether the upstream takes runtime weights). Each record starts with a
+//! key: a hash of the upstream's name, and for a server line of the upstream's name, the
+//! server's name, its srun_id, whether it is a backup, and its rank among identical lines.
+//! The configuration's marks and the runtime marks are separate facts; how they combine is
+//! [`rules::marks`](crate::rules::marks).
 //!
 //! Lifetime across reloads, the rule of nginx's own upstream zone: the zone is declared
 //! `noreuse`, so every cycle gets fresh shared memory, and the old cycle's memory is never
-//! written, freed or reinterpreted by the new one. The old cycle's workers keep their mapping of
-//! it until they exit, however long that is, and the master unmaps it once the new cycle is up.
-//! While the new zone is laid out (in the master, before the new workers exist), the counters
-//! and marks of every record whose key is in the old zone are copied into it: unchanged servers
-//! keep their numbers and marks whatever else the reload changed. What old workers count after
-//! that moment is not carried over. A binary upgrade (`USR2`) starts a new master with a fresh
+//! freed or reinterpreted by the new one. The old cycle's workers keep their mapping of it
+//! until they exit, however long that is, and the master unmaps it once the new cycle is up.
+//! When the new cycle is complete (the module's `init_module`, in the master, after every zone
+//! and listening socket of the cycle is ready and before the new workers exist), the master
+//! first sets the old zone's `superseded` word (the one word of the old zone it writes) and
+//! then copies the counters and marks of every record whose key is in the old zone: unchanged
+//! servers keep their numbers and marks whatever else the reload changed, and a runtime mark
+//! follows [`rules::marks::carried`](crate::rules::marks::carried). A control action that an
+//! old worker takes writes its mark and then reads `superseded`; the master writes
+//! `superseded` and then reads the marks (sequentially consistent on both sides): either the
+//! copy sees the mark, or the worker sees the flag and answers 503 with `Retry-After` (the
+//! action is repeatable). So an action is never acknowledged and then lost. A reload that fails
+//! never reaches `init_module`, and leaves the old zone as it was. What old workers count after
+//! the copy is not carried over. A binary upgrade (`USR2`) starts a new master with a fresh
 //! zone: marks set at run time are not carried to it.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 
 use ngx::core::Status;
 use ngx::ffi::{
@@ -29,6 +40,7 @@ use ngx::ffi::{
 };
 
 use crate::rules::failover::hash64;
+use crate::rules::marks::{self, Configured, CONF_WEIGHTS};
 
 /// The zone's name.
 pub const ZONE_NAME: &str = "jvm_route";
@@ -63,48 +75,65 @@ pub enum ServerCounter {
     Failures = 5,
 }
 
+/// The runtime marks ([`rules::marks`](crate::rules::marks)'s `RT_*` bits).
 const STATE_WORD: usize = 6;
 /// The weight set at run time (0: none, the configured weight applies).
 const WEIGHT_WORD: usize = 7;
 /// The configured weight the runtime weight was set against: a reload that changes the
 /// configured weight drops the runtime one.
 const CONFIGURED_WEIGHT_WORD: usize = 8;
-const SERVER_WORDS: usize = 9;
+/// What the configuration says of the line ([`Configured::to_word`]).
+const CONFIG_WORD: usize = 9;
+const SERVER_WORDS: usize = 10;
 
 /// The largest weight that can be set at run time (like Apache's load factor, up to 100 there).
 pub const MAX_WEIGHT: u64 = 1000;
 
-/// Runtime mark: new sessions and fallback traffic avoid the server; its sessions still go.
-pub const STATE_DRAIN: u64 = 1;
-/// Runtime mark: no request goes to the server.
-pub const STATE_DOWN: u64 = 2;
-
 const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
 /// The record layout this code writes and reads; an old zone of another one is not copied.
-const VERSION: u64 = 3;
-const HEADER_WORDS: usize = 5;
+const VERSION: u64 = 4;
+const HEADER_WORDS: usize = 6;
 const GENERATION_WORD: usize = 2;
+/// Set (by the master) once a newer cycle has copied this zone's marks: a change written here
+/// after that may not reach the running configuration.
+const SUPERSEDED_WORD: usize = 5;
+
+/// What the configuration says of one server line.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLayout {
+    /// The record's key ([`server_key`]).
+    pub key: u64,
+    /// `weight=`.
+    pub weight: u64,
+    /// `drain` and `down`.
+    pub configured: Configured,
+    /// Whether the upstream takes runtime weights.
+    pub weights: bool,
+}
 
 /// What the zone must hold, decided at the end of the `http {}` block.
 pub struct Layout {
     /// The key of each upstream with `jvm_route`, by its index.
     pub upstreams: Vec<u64>,
-    /// The key and configured weight of each server line of those upstreams, by its slot.
-    pub servers: Vec<(u64, u64)>,
-    /// Slots of servers that the configuration marks `drain`.
-    pub drained: Vec<usize>,
-    /// The previous cycle's zone data (its header), if it had one: read by `init_zone` when
-    /// nginx does not pass it (nginx before 1.27 gives a `noreuse` zone's init no old data).
-    /// Set by `add_zone`.
+    /// Each server line of those upstreams, by its slot.
+    pub servers: Vec<ServerLayout>,
+    /// The previous cycle's zone data (its header), if it had one: found by `add_zone` in the
+    /// running cycle (nginx before 1.27 gives a `noreuse` zone's init no old data), or given
+    /// to `init_zone`.
     previous: *const AtomicU64,
 }
 
 impl Layout {
     /// The layout of these records.
-    pub fn new(upstreams: Vec<u64>, servers: Vec<(u64, u64)>, drained: Vec<usize>) -> Layout {
-        Layout { upstreams, servers, drained, previous: ptr::null() }
+    pub fn new(upstreams: Vec<u64>, servers: Vec<ServerLayout>) -> Layout {
+        Layout { upstreams, servers, previous: ptr::null() }
     }
 }
+
+/// A change that may not reach the running configuration: a newer cycle has already copied
+/// this zone's marks (a reload is under way, and this worker belongs to the old cycle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded;
 
 impl Layout {
     fn words(&self) -> usize {
@@ -186,34 +215,86 @@ impl Stats {
         self.server_word(slot, counter as usize).map_or(0, |w| w.load(Ordering::Relaxed))
     }
 
-    /// The runtime marks of a server (`STATE_DRAIN`, `STATE_DOWN`).
+    /// The runtime marks of a server ([`rules::marks`](crate::rules::marks)'s `RT_*` bits).
     pub fn state(&self, slot: usize) -> u64 {
         self.server_word(slot, STATE_WORD).map_or(0, |w| w.load(Ordering::Acquire))
     }
 
+    /// What the configuration says of a server's `drain` and `down`.
+    pub fn configured(&self, slot: usize) -> Configured {
+        Configured::from_word(
+            self.server_word(slot, CONFIG_WORD).map_or(0, |w| w.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// The state of a server: its configuration and runtime marks combined.
+    pub fn effective(&self, slot: usize) -> marks::State {
+        marks::effective(self.configured(slot), self.state(slot))
+    }
+
+    /// Whether the server's upstream takes runtime weights.
+    pub fn takes_weights(&self, slot: usize) -> bool {
+        self.server_word(slot, CONFIG_WORD)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & CONF_WEIGHTS != 0)
+    }
+
+    /// Whether a newer cycle has copied this zone's marks.
+    pub fn superseded(&self) -> bool {
+        self.word(SUPERSEDED_WORD).load(Ordering::SeqCst) != 0
+    }
+
+    /// Writes a change with `write` unless a newer cycle has copied the marks already, then
+    /// checks again (see the module documentation): `Err` if the change may not have reached
+    /// the running configuration.
+    fn change(&self, write: impl FnOnce()) -> Result<(), Superseded> {
+        if self.superseded() {
+            return Err(Superseded);
+        }
+        write();
+        self.word(GENERATION_WORD).fetch_add(1, Ordering::SeqCst);
+        if self.superseded() {
+            return Err(Superseded);
+        }
+        Ok(())
+    }
+
     /// Sets and clears runtime marks of a server, and bumps the generation so that every
     /// worker applies them before its next request.
-    pub fn set_state(&self, slot: usize, set: u64, clear: u64) {
-        if let Some(w) = self.server_word(slot, STATE_WORD) {
-            let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+    pub fn set_state(&self, slot: usize, set: u64, clear: u64) -> Result<(), Superseded> {
+        let Some(w) = self.server_word(slot, STATE_WORD) else { return Ok(()) };
+        self.change(|| {
+            let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
                 Some((current | set) & !clear)
             });
-            self.word(GENERATION_WORD).fetch_add(1, Ordering::AcqRel);
-        }
+        })
     }
 
-    /// The weight set at run time, if any.
+    /// The weight set at run time, if any, and if the upstream takes runtime weights.
     pub fn weight(&self, slot: usize) -> Option<u64> {
         let w = self.server_word(slot, WEIGHT_WORD).map_or(0, |w| w.load(Ordering::Acquire));
-        (w != 0).then_some(w)
+        (w != 0 && self.takes_weights(slot)).then_some(w)
     }
 
-    /// Sets the runtime weight of a server (1 to [`MAX_WEIGHT`]), and bumps the generation so
-    /// that every worker applies it before its next request.
-    pub fn set_weight(&self, slot: usize, weight: u64) {
-        if let Some(w) = self.server_word(slot, WEIGHT_WORD) {
-            w.store(weight.clamp(1, MAX_WEIGHT), Ordering::Release);
-            self.word(GENERATION_WORD).fetch_add(1, Ordering::AcqRel);
+    /// Sets the runtime weight of a server (1 to [`MAX_WEIGHT`]; `None` goes back to the
+    /// configured weight), and bumps the generation so that every worker applies it before
+    /// its next request.
+    pub fn set_weight(&self, slot: usize, weight: Option<u64>) -> Result<(), Superseded> {
+        let Some(w) = self.server_word(slot, WEIGHT_WORD) else { return Ok(()) };
+        let value = weight.map_or(0, |v| v.clamp(1, MAX_WEIGHT));
+        self.change(|| w.store(value, Ordering::SeqCst))
+    }
+
+    /// Writes a server record's key and configuration.
+    fn write_layout(&self, slot: usize, server: &ServerLayout) {
+        let words = [
+            (0, server.key),
+            (CONFIGURED_WEIGHT_WORD, server.weight),
+            (CONFIG_WORD, server.configured.to_word(server.weights)),
+        ];
+        for (word, value) in words {
+            if let Some(w) = self.server_word(slot, word) {
+                w.store(value, Ordering::Relaxed);
+            }
         }
     }
 
@@ -337,8 +418,8 @@ unsafe fn zones_named<'a>(cycle: *const ngx_cycle_t) -> impl Iterator<Item = &'a
         (!next.is_null()).then_some(next.cast_const())
     })
     .flat_map(|part| {
-        // SAFETY: as above: `nelts` zones at `elts`.
-        unsafe { std::slice::from_raw_parts((*part).elts.cast::<ngx_shm_zone_t>(), (*part).nelts) }
+        // SAFETY: as above: `nelts` zones at `elts` (null in the initial cycle's empty list).
+        unsafe { crate::ffi::slice((*part).elts.cast::<ngx_shm_zone_t>(), (*part).nelts) }
     })
     .filter(|z| {
         // SAFETY: a zone's name lives as long as its cycle.
@@ -392,28 +473,54 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
         for (i, &key) in layout.upstreams.iter().enumerate() {
             stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(key, Ordering::Relaxed);
         }
-        for (slot, &(key, weight)) in layout.servers.iter().enumerate() {
-            if let Some(w) = stats.server_word(slot, 0) {
-                w.store(key, Ordering::Relaxed);
-            }
-            if let Some(w) = stats.server_word(slot, CONFIGURED_WEIGHT_WORD) {
-                w.store(weight, Ordering::Relaxed);
-            }
+        for (slot, server) in layout.servers.iter().enumerate() {
+            stats.write_layout(slot, server);
         }
         // nginx >= 1.27 passes the old cycle's data of a `noreuse` zone; before, it is found
-        // at configuration time. Either way it is still mapped here: nginx unmaps the old
-        // cycle's zones only after every new zone is initialised.
-        let old = if old.is_null() { layout.previous } else { old.cast_const().cast() };
-        if let Some(previous) = read_header(old) {
-            carry_over(&previous, &stats);
-        }
-        for &slot in &layout.drained {
-            stats.set_state(slot, STATE_DRAIN, 0);
-        }
+        // at configuration time. Either way it stays mapped here until the new cycle is
+        // complete: nginx unmaps the old cycle's zones after `init_module`.
+        let old: *const AtomicU64 =
+            if old.is_null() { layout.previous } else { old.cast_const().cast() };
         (*header).store(MAGIC, Ordering::Release);
         (*zone).data = header.cast();
+        // The copy waits for `commit`: this cycle may still fail (a listening socket), and
+        // then the old one goes on as it was.
+        PENDING_NEW.store(header, Ordering::SeqCst);
+        PENDING_OLD.store(old.cast_mut(), Ordering::SeqCst);
     }
     Status::NGX_OK.0
+}
+
+/// The zone just laid out by `init_zone` in the master, and its predecessor: read by
+/// [`commit`] when the cycle is complete.
+static PENDING_NEW: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
+static PENDING_OLD: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
+
+/// The new cycle is complete (the module's `init_module`, in the master, before the new
+/// workers exist): marks the previous cycle's zone as superseded, then copies its counters and
+/// marks into the new one. Nothing if `cycle` has no zone of this module laid out by this
+/// process's last `init_zone`.
+///
+/// # Safety
+/// `cycle` must be the cycle nginx just initialised; its predecessor's zones still mapped.
+pub unsafe fn commit(cycle: *mut ngx_cycle_t, tag: *mut c_void) {
+    let new = PENDING_NEW.swap(ptr::null_mut(), Ordering::SeqCst);
+    let old = PENDING_OLD.swap(ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: per the function contract.
+    let ours = unsafe { zones_named(cycle) }.find(|z| z.tag == tag);
+    // Only the zone of this cycle: a cycle that failed after `init_zone` left a pointer to
+    // memory that is gone.
+    if new.is_null() || ours.is_none_or(|z| z.data.cast::<AtomicU64>() != new) {
+        return;
+    }
+    // SAFETY: `new` is this cycle's header, written by `init_zone`; `old` null or the previous
+    // cycle's, still mapped (see above).
+    unsafe {
+        let (Some(new), Some(previous)) = (read_header(new), read_header(old)) else { return };
+        previous.word(SUPERSEDED_WORD).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        carry_over(&previous, &new);
+    }
 }
 
 /// Copies the counters and marks of every record of `old` whose key `new` has; a runtime
@@ -437,23 +544,27 @@ fn carry_over(old: &Stats, new: &Stats) {
     let server_key =
         |s: &Stats, slot: usize| s.server_word(slot, 0).map_or(0, |w| w.load(Ordering::Relaxed));
     let old_servers = index(old.servers, &|slot| server_key(old, slot));
+    let read = |s: &Stats, slot: usize, w: usize| {
+        s.server_word(slot, w).map_or(0, |w| w.load(Ordering::SeqCst))
+    };
+    let write = |slot: usize, w: usize, value: u64| {
+        if let Some(to) = new.server_word(slot, w) {
+            to.store(value, Ordering::Relaxed);
+        }
+    };
     for slot in 0..new.servers {
-        if let Some(&from) = old_servers.get(&server_key(new, slot)) {
-            let read = |s: &Stats, slot: usize, w: usize| {
-                s.server_word(slot, w).map_or(0, |w| w.load(Ordering::Acquire))
-            };
-            let same_weight =
-                read(old, from, CONFIGURED_WEIGHT_WORD) == read(new, slot, CONFIGURED_WEIGHT_WORD);
-            for w in 1..=STATE_WORD {
-                if let Some(to) = new.server_word(slot, w) {
-                    to.store(read(old, from, w), Ordering::Relaxed);
-                }
-            }
-            if same_weight {
-                if let Some(to) = new.server_word(slot, WEIGHT_WORD) {
-                    to.store(read(old, from, WEIGHT_WORD), Ordering::Relaxed);
-                }
-            }
+        let Some(&from) = old_servers.get(&server_key(new, slot)) else { continue };
+        for w in 1..STATE_WORD {
+            write(slot, w, read(old, from, w));
+        }
+        let kept = marks::carried(old.configured(from), new.configured(slot), old.state(from));
+        write(slot, STATE_WORD, kept);
+        // A runtime weight only while the configured weight it was set against is the same
+        // and the upstream still takes runtime weights.
+        let same_weight =
+            read(old, from, CONFIGURED_WEIGHT_WORD) == read(new, slot, CONFIGURED_WEIGHT_WORD);
+        if same_weight && new.takes_weights(slot) {
+            write(slot, WEIGHT_WORD, read(old, from, WEIGHT_WORD));
         }
     }
 }
@@ -461,19 +572,20 @@ fn carry_over(old: &Stats, new: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::marks::{State, RT_DOWN, RT_DRAIN, RT_UNDRAIN};
 
     fn zone_of(upstreams: &[u64], servers: &[u64]) -> (Vec<AtomicU64>, Stats) {
-        let with_weights: Vec<(u64, u64)> = servers.iter().map(|&k| (k, 1)).collect();
-        let layout = Layout::new(upstreams.to_vec(), with_weights, vec![]);
-        let words: Vec<AtomicU64> = (0..layout.words()).map(|_| AtomicU64::new(0)).collect();
+        let words = HEADER_WORDS + UPSTREAM_WORDS * upstreams.len() + SERVER_WORDS * servers.len();
+        let words: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
         let stats =
             Stats { words: words.as_ptr(), upstreams: upstreams.len(), servers: servers.len() };
         for (i, &k) in upstreams.iter().enumerate() {
             stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(k, Ordering::Relaxed);
         }
-        for (slot, &k) in servers.iter().enumerate() {
-            stats.server_word(slot, 0).unwrap().store(k, Ordering::Relaxed);
-            stats.server_word(slot, CONFIGURED_WEIGHT_WORD).unwrap().store(1, Ordering::Relaxed);
+        for (slot, &key) in servers.iter().enumerate() {
+            let server =
+                ServerLayout { key, weight: 1, configured: Configured::default(), weights: true };
+            stats.write_layout(slot, &server);
         }
         (words, stats)
     }
@@ -488,8 +600,8 @@ mod tests {
         let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a, b]);
         old.count(0, ServerCounter::Requests);
         old.count(1, ServerCounter::Hits);
-        old.set_state(1, STATE_DRAIN, 0);
-        old.set_weight(1, 7);
+        old.set_state(1, RT_DRAIN, 0).unwrap();
+        old.set_weight(1, Some(7)).unwrap();
         old.count_upstream(0, UpstreamCounter::WithSession);
         // The new layout: another upstream first, `a` gone, `c` new, `b` moved.
         let (_new_words, new) = zone_of(&[upstream_key(b"v"), upstream_key(b"u")], &[c, b]);
@@ -497,7 +609,7 @@ mod tests {
         assert_eq!(new.upstream(1, UpstreamCounter::WithSession), 1);
         assert_eq!(new.upstream(0, UpstreamCounter::WithSession), 0);
         assert_eq!(new.server(1, ServerCounter::Hits), 1);
-        assert_eq!(new.state(1), STATE_DRAIN);
+        assert_eq!(new.state(1), RT_DRAIN);
         assert_eq!(new.weight(1), Some(7));
         assert_eq!(new.weight(0), None);
         assert_eq!(new.server(0, ServerCounter::Requests), 0);
@@ -510,14 +622,69 @@ mod tests {
     fn a_changed_configured_weight_drops_the_runtime_one_and_keeps_the_rest() {
         let a = server_key(b"u", b"a", b"t1", false, 0);
         let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
-        old.set_weight(0, 9);
-        old.set_state(0, STATE_DOWN, 0);
+        old.set_weight(0, Some(9)).unwrap();
+        old.set_state(0, RT_DOWN, 0).unwrap();
         let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
         new.server_word(0, CONFIGURED_WEIGHT_WORD).unwrap().store(3, Ordering::Relaxed);
         carry_over(&old, &new);
         assert_eq!(new.weight(0), None);
-        assert_eq!(new.state(0), STATE_DOWN);
+        assert_eq!(new.state(0), RT_DOWN);
         assert_eq!(MAX_WEIGHT, 1000);
+    }
+
+    fn set_config(stats: &Stats, slot: usize, drain: bool, down: bool, weights: bool) {
+        let word = Configured { drain, down }.to_word(weights);
+        stats.server_word(slot, CONFIG_WORD).unwrap().store(word, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn drain_removed_from_the_configuration_ends_at_the_reload() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        set_config(&old, 0, true, false, true);
+        assert_eq!(old.effective(0), State::Draining);
+        let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        carry_over(&old, &new);
+        assert_eq!(new.effective(0), State::Up);
+    }
+
+    #[test]
+    fn a_runtime_undrain_outlives_a_reload_that_keeps_the_configuration() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        set_config(&old, 0, true, false, true);
+        old.set_state(0, RT_UNDRAIN, RT_DRAIN).unwrap();
+        assert_eq!(old.effective(0), State::Up);
+        let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        set_config(&new, 0, true, false, true);
+        carry_over(&old, &new);
+        assert_eq!(new.effective(0), State::Up);
+    }
+
+    #[test]
+    fn a_runtime_weight_is_dropped_where_weights_are_no_longer_taken() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        old.set_weight(0, Some(5)).unwrap();
+        let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        set_config(&new, 0, false, false, false);
+        carry_over(&old, &new);
+        assert_eq!(new.weight(0), None);
+        assert_eq!(new.server_word(0, WEIGHT_WORD).unwrap().load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_change_after_the_copy_is_refused_and_one_before_is_carried() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_old_words, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        assert_eq!(old.set_state(0, RT_DOWN, 0), Ok(()));
+        let (_new_words, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        old.word(SUPERSEDED_WORD).store(1, Ordering::SeqCst);
+        carry_over(&old, &new);
+        assert_eq!(new.effective(0), State::Down);
+        assert_eq!(old.set_state(0, 0, RT_DOWN), Err(Superseded));
+        assert_eq!(old.set_weight(0, Some(3)), Err(Superseded));
+        assert_eq!(old.state(0), RT_DOWN, "nothing written once superseded");
     }
 
     #[test]

@@ -792,6 +792,38 @@ fn jvm_route_cookie_errors() {
         line_of(&conf, "jvm_route_cookie"),
     );
     assert_eq!(logged(&output, "emerg"), vec![expected], "{}", stderr(&output));
+
+    // A route cookie that jvm_route could never read back: no stickiness, and a Set-Cookie on
+    // every response.
+    let unreadable = [
+        (
+            "        jvm_route $cookie_JSESSIONID reverse;\n",
+            "\"jvm_route\" in this upstream does not read \"$cookie_ROUTEID\"; use \"jvm_route $cookie_ROUTEID|jsessionid reverse;\" or another cookie name",
+        ),
+        (
+            "        jvm_route $cookie_ROUTEID;\n",
+            "\"jvm_route\" reads it without \"reverse\", and its value \".srun_id\" names its route after the dot; add \"reverse\" to \"jvm_route\"",
+        ),
+        (
+            "        jvm_route $http_x_session reverse;\n",
+            "\"jvm_route\" in this upstream does not read \"$cookie_ROUTEID\"; use \"jvm_route $cookie_ROUTEID|jsessionid reverse;\" or another cookie name",
+        ),
+    ];
+    for (jvm_route, reason) in unreadable {
+        let conf = with(&format!("{jvm_route}        jvm_route_cookie ROUTEID;\n"));
+        let (output, path, _dir) = nginx_test_config(&conf);
+        assert!(!output.status.success(), "{jvm_route}");
+        let expected = at(
+            &format!("\"jvm_route_cookie ROUTEID\" could never be read back: {reason}"),
+            &path,
+            line_of(&conf, "jvm_route_cookie"),
+        );
+        assert_eq!(logged(&output, "emerg"), vec![expected], "{}", stderr(&output));
+    }
+    // The cookie's name is matched as nginx matches $cookie_NAME: without regard to case.
+    assert_accepted(&with(
+        "        jvm_route $cookie_routeid reverse;\n        jvm_route_cookie ROUTEID;\n",
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -270,3 +270,87 @@ fn failover_modes_follow_a_resolve_server() {
     assert_eq!(session(&nginx, "tomcat01").backend(), "tomcat01");
     nginx.assert_no_crash();
 }
+
+/// dnsmasq answering SRV records `_http._tcp.app.test` with (target port, weight) pairs, each
+/// target named `bN.test` at 127.0.0.1.
+fn srv_dns(records: &[(u16, u16)]) -> (Child, u16) {
+    let port = free_port();
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--local=/test/"])
+        .arg(format!("--port={port}"))
+        .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--local-ttl=1", "--pid-file="]);
+    for (i, (target, weight)) in records.iter().enumerate() {
+        cmd.arg(format!("--host-record=b{i}.test,127.0.0.1"));
+        cmd.arg(format!("--srv-host=_http._tcp.app.test,b{i}.test,{target},0,{weight}"));
+    }
+    if running_as_root() {
+        cmd.arg("--user=root");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (Debian package dnsmasq-base)");
+    assert!(eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    (child, port)
+}
+
+/// `service=` takes its weights from the SRV records: with `jvm_route` the spread is the same
+/// as without it, across many re-resolutions (`valid=1s`), and a failed peer stays failed for
+/// `fail_timeout` (the module never writes a weight that nginx's resolver compares, so the
+/// peers are never replaced).
+#[test]
+fn srv_weights_and_failure_memory_are_nginx_own() {
+    if !resolve_supported() {
+        return;
+    }
+    let heavy = Backend::start("heavy");
+    let light = Backend::start("light");
+    let port_of = |b: &Backend| b.addr().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (mut dns, dns_port) = srv_dns(&[(port_of(&heavy), 5), (port_of(&light), 1)]);
+    let conf = |jvm_route: &str| {
+        format!(
+            "http {{\n    access_log off;\n    resolver 127.0.0.1:{dns_port} valid=1s ipv6=off;\n    upstream tomcats {{\n        zone tomcats 64k;\n        server app.test service=http resolve srun_id=a max_fails=1 fail_timeout=60s;\n{jvm_route}    }}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n    }}\n}}\n"
+        )
+    };
+    let measure = |nginx: &Nginx| {
+        assert!(
+            eventually(15, || {
+                let t = spread(nginx, 12);
+                t.contains_key("heavy") && t.contains_key("light")
+            }),
+            "both SRV targets in use"
+        );
+        // Over three seconds, so that nginx re-resolves the name several times meanwhile.
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..6 {
+            for (k, v) in spread(nginx, 12) {
+                *counts.entry(k).or_insert(0) += v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        (counts.get("heavy").copied().unwrap_or(0), counts.get("light").copied().unwrap_or(0))
+    };
+    let stock = Nginx::start(1, &conf(""));
+    let (h0, l0) = measure(&stock);
+    drop(stock);
+    let nginx = Nginx::start(1, &conf("        jvm_route $cookie_JSESSIONID reverse;\n"));
+    let (h, l) = measure(&nginx);
+    assert!(h0 >= 50 && l0 <= 22, "stock nginx follows the SRV weights: {h0}:{l0}");
+    assert!(h >= 50 && l <= 22, "the same with jvm_route: {h}:{l} (stock {h0}:{l0})");
+
+    // Failure memory: the light target fails once and stays out for fail_timeout, however
+    // often the name is resolved again.
+    let mut light = light;
+    light.kill();
+    let failed = spread(&nginx, 12);
+    assert_eq!(failed.get("light"), None, "{failed:?}");
+    light.restart();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let later = spread(&nginx, 24);
+    assert_eq!(later.get("light"), None, "still failed within fail_timeout: {later:?}");
+    nginx.assert_no_crash();
+    let _ = dns.kill();
+    let _ = dns.wait();
+}

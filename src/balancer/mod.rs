@@ -95,11 +95,18 @@ impl PeerData {
         unsafe { self.ctx.set_server(line.and_then(|l| ucf.srun_id(l))) };
     }
 
-    /// The wrapped method's data: every accepted method's begins with round robin's.
+    /// The wrapped method's data: every accepted method's begins with round robin's. When the
+    /// method is round robin, that data is this state's own `rr`, borrowed from `self` (a
+    /// reference made from `original_data` would alias the `&mut self`).
     fn rrp(&mut self) -> &mut ngx_http_upstream_rr_peer_data_t {
-        // SAFETY: `original_data` is the wrapped method's per-request data, which the
-        // configuration only accepts from methods whose data begins with round robin's; it
-        // lives in the request pool, like `self`.
+        let own = (&raw mut self.rr).cast::<c_void>();
+        if self.original_data == own {
+            return &mut self.rr;
+        }
+        // SAFETY: `original_data` is the wrapped method's per-request data (not inside this
+        // state, checked above), which the configuration only accepts from methods whose data
+        // begins with round robin's; it lives in the request pool, which outlives the request's
+        // balancer callbacks.
         unsafe { &mut *self.original_data.cast::<ngx_http_upstream_rr_peer_data_t>() }
     }
 
@@ -107,11 +114,13 @@ impl PeerData {
     /// view was rebuilt since `init_peer` (the route is looked up again by the session id).
     ///
     /// # Safety
-    /// The view is used within the current callback only (see `worker::current`).
+    /// The view is used within the current callback only, and no other view of this upstream
+    /// is taken while it is (see `worker::current`).
     unsafe fn view<'v>(&mut self) -> Option<&'v View> {
         // SAFETY: `conf` and `us` are the upstream's configuration, alive for the cycle.
         let (ucf, us) = unsafe { (&*self.conf, &*self.us) };
-        let view = worker::current(ucf, us)?;
+        // SAFETY: the view's use is bounded per the function contract.
+        let view = unsafe { worker::current(ucf, us) }?;
         if view.stamp != self.stamp {
             self.stamp = view.stamp;
             self.route = view.table.lookup(self.ctx.session()).unwrap_or(NO_ROUTE);
@@ -158,7 +167,9 @@ unsafe extern "C" fn init_peer(
         return Status::NGX_ERROR.0;
     };
     let original = ucf.original_init_peer.unwrap_or(ngx_http_upstream_init_round_robin_peer);
-    let (Some(jvm_route), Some(view)) = (&ucf.jvm_route, worker::current(ucf, us_ref)) else {
+    // SAFETY: the view is used in this callback only, which takes no other.
+    let view = unsafe { worker::current(ucf, us_ref) };
+    let (Some(jvm_route), Some(view)) = (&ucf.jvm_route, view) else {
         // SAFETY: the wrapped method's per-request init with nginx's own arguments.
         return unsafe { original(r, us) };
     };
@@ -233,6 +244,12 @@ unsafe extern "C" fn init_peer(
     // is written here, through raw pointers, before any is read.
     unsafe {
         let u = &mut *(*r).upstream;
+        if outcome == Outcome::Hit {
+            // Draining servers are not in the lists' `tries` (nginx counts only peers that are
+            // not down), yet this session may go to one first: it keeps every retry it would
+            // have had without the drain.
+            u.peer.tries += view.draining.get() as ngx_uint_t;
+        }
         (&raw mut (*pd).original_data).write(u.peer.data);
         (&raw mut (*pd).wrapped).write(Wrapped {
             get: u.peer.get,

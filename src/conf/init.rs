@@ -13,10 +13,15 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpUpstreamModule};
 use ngx::ngx_log_error;
 
-use super::{conf_error, server_name, servers, upstream_name, ConfError, MainConf, UpstreamConf};
+use super::{
+    conf_error, server_name, servers, upstream_name, ConfError, JvmRoute, MainConf, RouteCookie,
+    SessionSource, UpstreamConf,
+};
 use crate::ffi::lossy;
 use crate::rules::failover::Failover;
-use crate::zone::{self, Layout};
+use crate::rules::marks::Configured;
+use crate::rules::route::RouteMode;
+use crate::zone::{self, Layout, ServerLayout};
 use crate::Module;
 
 /// Runs before the upstream module initialises the balancers (this module is loaded before
@@ -36,7 +41,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
     // SAFETY: `upstreams` is an array of `ngx_http_upstream_srv_conf_t *`.
     let upstreams = unsafe { umcf.upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>() };
 
-    let mut layout = Layout::new(Vec::new(), Vec::new(), Vec::new());
+    let mut layout = Layout::new(Vec::new(), Vec::new());
     for &uscf_ptr in upstreams {
         // SAFETY: every element is a valid upstream configuration.
         let uscf = unsafe { &mut *uscf_ptr };
@@ -51,6 +56,23 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 line
             );
             return ngx::core::NGX_CONF_ERROR as *mut c_char;
+        }
+        if let (Some(jvm_route), Some(cookie), Some((file, line))) =
+            (&ucf.jvm_route, &ucf.cookie, &ucf.cookie_position)
+        {
+            if let Some(reason) = cookie_unreadable(jvm_route, cookie) {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    // SAFETY: `cf->log` is the configuration log.
+                    unsafe { (*cf).log },
+                    "\"jvm_route_cookie {}\" could never be read back: {} in {}:{}",
+                    lossy(&cookie.name),
+                    reason,
+                    file,
+                    line
+                );
+                return ngx::core::NGX_CONF_ERROR as *mut c_char;
+            }
         }
         if ucf.jvm_route.is_none() {
             if ucf.srun_ids.iter().any(Option::is_some) {
@@ -81,6 +103,9 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         let (name, list) = unsafe { (upstream_name(uscf), servers(uscf)) };
         layout.upstreams.push(zone::upstream_key(name));
         let mut seen: Vec<u64> = Vec::new();
+        // Runtime weights need the peers in shared memory and a method that reads the weights
+        // per request.
+        let takes_weights = crate::ffi::can_change(uscf) && ucf.fixed_weights.is_none();
         for (i, server) in list.iter().enumerate() {
             let srun_id = ucf.srun_id(i).unwrap_or_default();
             // SAFETY: `server` belongs to `uscf`.
@@ -89,11 +114,16 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             let first = zone::server_key(name, server_name, srun_id, backup, 0);
             let rank = seen.iter().filter(|&&k| k == first).count() as u32;
             seen.push(first);
-            if ucf.drain.get(i).copied().unwrap_or(false) {
-                layout.drained.push(layout.servers.len());
-            }
-            let key = zone::server_key(name, server_name, srun_id, backup, rank);
-            layout.servers.push((key, server.weight as u64));
+            let configured = Configured {
+                drain: ucf.drain.get(i).copied().unwrap_or(false),
+                down: server.down != 0,
+            };
+            layout.servers.push(ServerLayout {
+                key: zone::server_key(name, server_name, srun_id, backup, rank),
+                weight: server.weight as u64,
+                configured,
+                weights: takes_weights,
+            });
         }
         main.filtering |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off)
             || ucf.cookie.is_some();
@@ -142,6 +172,28 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         }
     }
     ngx::core::NGX_CONF_OK
+}
+
+/// Why the route cookie that `jvm_route_cookie` sets (`NAME=.srun_id`) could never route a
+/// request: `jvm_route` does not read `$cookie_NAME`, or reads it without `reverse` (a value
+/// that starts with a dot names no route in prefix mode). Then every response would set it
+/// again and no request would stick.
+fn cookie_unreadable(jvm_route: &JvmRoute, cookie: &RouteCookie) -> Option<String> {
+    let name = lossy(&cookie.name);
+    match &jvm_route.source {
+        SessionSource::Cookie(read) if read.eq_ignore_ascii_case(&cookie.name) => {}
+        _ => {
+            return Some(format!(
+                "\"jvm_route\" in this upstream does not read \"$cookie_{name}\"; use \
+                 \"jvm_route $cookie_{name}|jsessionid reverse;\" or another cookie name"
+            ))
+        }
+    }
+    (jvm_route.mode != RouteMode::AfterFirstDot).then(|| {
+        "\"jvm_route\" reads it without \"reverse\", and its value \".srun_id\" names its \
+         route after the dot; add \"reverse\" to \"jvm_route\""
+            .to_string()
+    })
 }
 
 /// Accepts the balancing methods whose per-request data begins with round robin's: round robin

@@ -4,5 +4,6 @@
 //! ([`failover`]). Unit and property tests here; the fuzz targets include these files by path.
 
 pub mod failover;
+pub mod marks;
 pub mod route;
 pub mod session;

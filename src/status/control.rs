@@ -15,8 +15,9 @@ use super::{form, send, servers, upstreams};
 use crate::conf::{MainConf, StatusConf};
 use crate::ffi;
 use crate::ffi::{bytes, lossy, str_bytes};
+use crate::rules::marks::{self, Action, Refusal};
 use crate::worker;
-use crate::zone::{MAX_WEIGHT, STATE_DOWN, STATE_DRAIN};
+use crate::zone::{Superseded, MAX_WEIGHT};
 use crate::Module;
 
 /// The longest form body read; longer ones are refused (413). Control arguments are short.
@@ -24,11 +25,16 @@ const MAX_FORM: usize = 4096;
 
 /// What a control request changes.
 enum Change {
-    /// Marks to set and clear, and how the answer says it.
-    Marks(u64, u64, String),
-    /// A runtime weight.
-    Weight(u64),
+    /// Runtime marks, and how the answer says it.
+    Marks(Action, &'static str),
+    /// A runtime weight; `None`: back to the configured weight.
+    Weight(Option<u64>),
 }
+
+/// The answer to an old worker's control request during a reload (see `zone`): nothing is
+/// acknowledged that the running configuration may not have.
+const RELOADING: &str = "nginx is reloading and this worker belongs to the previous \
+    configuration: the change may not reach the new one; send the request again\n";
 
 /// Answers a control request whose arguments are `body` (beside the query string).
 ///
@@ -64,6 +70,10 @@ pub(super) unsafe fn respond(
         let args = unsafe { bytes((*r).args) };
         control(conf, main, &[args, body])
     };
+    if status == 503 {
+        // SAFETY: per the function contract.
+        return unsafe { send(r, 503, "text/plain", text.as_bytes(), &[("Retry-After", "1")]) };
+    }
     // A form posted by the page without JavaScript: back to the page, which shows the change.
     // SAFETY: per the function contract.
     let browser = unsafe { header(r, b"accept") }.is_some_and(super::html::prefers_html);
@@ -162,8 +172,13 @@ unsafe fn answer_form(r: *mut ngx_http_request_t) -> ngx_int_t {
             if (*buf).in_file() != 0 || body.len() > MAX_FORM {
                 return 413;
             }
-            let len = (*buf).last.offset_from((*buf).pos).max(0) as usize;
-            body.extend_from_slice(std::slice::from_raw_parts((*buf).pos, len));
+            // The last buffer of a chunked body can be empty, with null pointers.
+            let len = if (*buf).pos.is_null() {
+                0
+            } else {
+                (*buf).last.offset_from((*buf).pos).max(0) as usize
+            };
+            body.extend_from_slice(ffi::slice((*buf).pos, len));
             chain = (*chain).next;
         }
     }
@@ -184,10 +199,11 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
     };
     let (upstream_name, srun_id) = (&upstream_name[..], &srun_id[..]);
     let change = match &action[..] {
-        b"drain" => Change::Marks(STATE_DRAIN, 0, "draining".into()),
-        b"undrain" => Change::Marks(0, STATE_DRAIN, "not draining".into()),
-        b"down" => Change::Marks(STATE_DOWN, 0, "down".into()),
-        b"up" => Change::Marks(0, STATE_DOWN, "up".into()),
+        b"drain" => Change::Marks(Action::Drain, "draining"),
+        b"undrain" => Change::Marks(Action::Undrain, "not draining"),
+        b"down" => Change::Marks(Action::Down, "down"),
+        b"up" => Change::Marks(Action::Up, "up"),
+        b"weight" if get(b"value").as_deref() == Some(&b"configured"[..]) => Change::Weight(None),
         b"weight" => {
             let value = get(b"value");
             let weight = value
@@ -197,12 +213,13 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|w| (1..=MAX_WEIGHT).contains(w));
             match weight {
-                Some(w) => Change::Weight(w),
+                Some(w) => Change::Weight(Some(w)),
                 None => {
                     return (
                         400,
                         format!(
-                            "invalid weight \"{}\": give value=N, N from 1 to {MAX_WEIGHT}\n",
+                            "invalid weight \"{}\": give value=N, N from 1 to {MAX_WEIGHT}, or \
+                             value=configured\n",
                             lossy(value.as_deref().unwrap_or_default())
                         ),
                     );
@@ -244,43 +261,75 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
             ),
         );
     }
-    let word = match change {
-        Change::Marks(set, clear, word) => {
+    let done = match change {
+        Change::Marks(action, word) => {
+            let mut result = Ok(());
             for &slot in &slots {
-                stats.set_state(slot, set, clear);
+                let (set, clear) = match marks::change(stats.configured(slot), action) {
+                    Ok(change) => change,
+                    Err(Refusal::DownInConfiguration) => {
+                        return (
+                            409,
+                            format!(
+                                "{} in {} is \"down\" in the configuration: remove \"down\" \
+                                 from its server line and reload\n",
+                                lossy(srun_id),
+                                lossy(upstream_name)
+                            ),
+                        );
+                    }
+                };
+                result = result.and(stats.set_state(slot, set, clear));
             }
-            word
+            result.map(|()| word.to_string())
         }
         Change::Weight(weight) => {
-            if !ffi::can_change(uscf) {
-                return (
-                    409,
-                    format!(
-                        "upstream \"{}\" is not in shared memory: without \"zone\" every worker \
-                         keeps its own weights, so a runtime weight could not apply to all of \
-                         them at once\n",
-                        lossy(upstream_name)
-                    ),
-                );
+            if let Some(refused) = weight.and_then(|_| weight_refusal(uscf, ucf, &slots)) {
+                return (409, format!("upstream \"{}\" {refused}\n", lossy(upstream_name)));
             }
-            if let Some(method) = ucf.fixed_weights {
-                return (
-                    409,
-                    format!(
-                        "upstream \"{}\" balances with \"{method}\", which reads the weights \
-                         only when its peers change: a runtime weight would not apply\n",
-                        lossy(upstream_name)
-                    ),
-                );
-            }
+            let mut result = Ok(());
             for &slot in &slots {
-                stats.set_weight(slot, weight);
+                result = result.and(stats.set_weight(slot, weight));
             }
-            format!("weight {weight}")
+            result.map(|()| weight.map_or("configured weight".into(), |w| format!("weight {w}")))
         }
     };
-    if let Some(view) = worker::current(ucf, uscf) {
+    let word = match done {
+        Ok(word) => word,
+        Err(Superseded) => return (503, RELOADING.into()),
+    };
+    // SAFETY: the view is used here only.
+    if let Some(view) = unsafe { worker::current(ucf, uscf) } {
         view.apply_marks(&stats);
     }
     (200, format!("{} in {}: {word}\n", lossy(srun_id), lossy(upstream_name)))
+}
+
+/// Why the server lines at `slots` cannot take a runtime weight, if they cannot.
+fn weight_refusal(
+    uscf: &ngx::ffi::ngx_http_upstream_srv_conf_t,
+    ucf: &crate::conf::UpstreamConf,
+    slots: &[usize],
+) -> Option<String> {
+    if !ffi::can_change(uscf) {
+        return Some(
+            "is not in shared memory: without \"zone\" every worker keeps its own weights, so \
+             a runtime weight could not apply to all of them at once"
+                .into(),
+        );
+    }
+    if let Some(method) = ucf.fixed_weights {
+        return Some(format!(
+            "balances with \"{method}\", which reads the weights only when its peers change: a \
+             runtime weight would not apply"
+        ));
+    }
+    // SAFETY: `uscf` is nginx's.
+    let lines = unsafe { servers(uscf) };
+    let srv = slots
+        .iter()
+        .any(|&slot| lines.get(slot - ucf.slot_base).is_some_and(ffi::server_has_service));
+    srv.then(|| {
+        "takes this server's weights from DNS SRV records (\"service=\"): change them there".into()
+    })
 }

@@ -13,6 +13,8 @@ mod html;
 mod origin;
 mod render;
 
+use std::collections::HashMap;
+
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body,
@@ -23,9 +25,10 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf
 
 use crate::conf::{server_name, servers, upstream_name, MainConf, StatusConf, UpstreamConf};
 use crate::ffi::{self, bytes, lossy, str_bytes};
+use crate::rules::marks::State;
 use crate::rules::route::PeerList;
 use crate::worker::{self, View};
-use crate::zone::{ServerCounter, UpstreamCounter, STATE_DOWN, STATE_DRAIN};
+use crate::zone::{ServerCounter, UpstreamCounter};
 use crate::Module;
 
 /// One address of a server line.
@@ -193,7 +196,8 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
             // the snapshot: then the view is rebuilt and read again.
             let mut peers: Vec<(u32, PeerSnapshot)> = Vec::new();
             for _ in 0..4 {
-                let Some(view) = worker::current(ucf, uscf) else { break };
+                // SAFETY: the view is used in this iteration only, before the next call.
+                let Some(view) = (unsafe { worker::current(ucf, uscf) }) else { break };
                 if let Some(stats) = &stats {
                     view.apply_marks(stats);
                 }
@@ -202,20 +206,23 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
                     break;
                 }
             }
+            // One pass over the peers: each line's, in order.
+            let mut rows_of: HashMap<u32, Vec<PeerSnapshot>> = HashMap::new();
+            for (line, peer) in peers {
+                rows_of.entry(line).or_default().push(peer);
+            }
             let servers = lines
                 .iter()
                 .enumerate()
                 .map(|(line, server)| {
                     let slot = ucf.slot_base + line;
-                    let marks = stats.as_ref().map_or(0, |s| s.state(slot));
-                    let rows: Vec<PeerRow> = peers
-                        .iter()
-                        .filter(|(l, _)| *l as usize == line)
-                        .map(|(_, p)| p.row())
-                        .collect();
-                    let state = if server.down != 0 || marks & STATE_DOWN != 0 {
+                    let marked = stats.as_ref().map(|s| s.effective(slot));
+                    let rows = rows_of.get(&(line as u32)).map_or_else(Vec::new, |peers| {
+                        peers.iter().map(|p| p.row()).collect::<Vec<PeerRow>>()
+                    });
+                    let state = if server.down != 0 || marked == Some(State::Down) {
                         "down"
-                    } else if marks & STATE_DRAIN != 0 {
+                    } else if marked == Some(State::Draining) {
                         "draining"
                     } else if rows.is_empty() {
                         "unresolved"
@@ -286,26 +293,28 @@ fn snapshot(view: &View, now: time_t) -> Option<Vec<(u32, PeerSnapshot)>> {
         let _lock = unsafe { view.lock(list, false, None) }?;
         for info in view.peers(kind) {
             let Some(line) = info.line else { continue };
-            // SAFETY: the peer belongs to the read-locked list, at the view's generation.
-            let peer = unsafe { &*info.peer };
-            // SAFETY: as above; the peer's name lives as long as the peer.
-            let name = unsafe { str_bytes(&peer.name) };
+            let peer = info.peer;
+            // SAFETY: the peer belongs to the read-locked list, at the view's generation. Other
+            // workers write its `conns`, `fails` and `checked` under the read lock and the
+            // peer's own lock: those are read through the raw pointer, never by a reference to
+            // the peer. The name is written only when the peer is made.
+            let (name, failed, active) = unsafe {
+                let failed = ffi::is_failed_raw(peer, now);
+                (str_bytes(&(*peer).name), failed, (&raw const (*peer).conns).read_volatile())
+            };
             let mut address = [0u8; ADDRESS_LEN];
             let address_len = name.len().min(ADDRESS_LEN);
             address[..address_len].copy_from_slice(&name[..address_len]);
-            let state = if peer.down != 0 && ffi::is_down(peer) {
-                "down"
-            } else if peer.down != 0 {
-                "draining"
-            } else if ffi::is_failed(peer, now) {
-                "failed"
-            } else {
-                "up"
+            // The line's state in the same words as the line's row; a peer of a line that is up
+            // may have failed.
+            let state = match info.slot.and_then(|slot| view.stats.map(|s| s.effective(slot))) {
+                Some(State::Down) => "down",
+                Some(State::Draining) => "draining",
+                _ if info.config_down => "down",
+                _ if failed => "failed",
+                _ => "up",
             };
-            out.push((
-                line,
-                PeerSnapshot { address, address_len, state, active: peer.conns as u64 },
-            ));
+            out.push((line, PeerSnapshot { address, address_len, state, active: active as u64 }));
         }
     }
     Some(out)
@@ -330,13 +339,9 @@ pub(super) unsafe fn send(
             ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
         out.content_type_len = content_type.len();
         out.content_length_n = body.len() as _;
-        let request = Request::from_ngx_http_request(r);
         // State changes with every request: no cache may keep a reply.
-        if request.add_header_out("Cache-Control", "no-store").is_none() {
-            return Status::NGX_ERROR.0;
-        }
-        for (name, value) in headers {
-            if request.add_header_out(name, value).is_none() {
+        for (name, value) in [("Cache-Control", "no-store")].iter().chain(headers) {
+            if ffi::push_header(r, name, value.as_bytes()).is_none() {
                 return Status::NGX_ERROR.0;
             }
         }

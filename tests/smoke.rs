@@ -1,0 +1,60 @@
+//! A short run through what every deployment does, meant for the module built with debug
+//! assertions (`cargo build`, the dev profile): Rust's checks of unsafe preconditions (a null
+//! pointer given to `slice::from_raw_parts`, for one) abort the process there, where a release
+//! build goes on silently. `scripts/test` runs it with the debug build of the module and of the
+//! bundled nginx; it runs in every other run too.
+//!
+//! `nginx -t`, start, sticky requests, a chunked control POST (its last buffer is empty), a
+//! status page in every format, a reload under `zone`, and the configuration check again
+//! while nginx runs.
+
+mod common;
+
+use common::*;
+
+fn conf(tomcats: &[Backend]) -> String {
+    format!(
+        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
+        upstream(
+            "tomcats",
+            tomcats,
+            &["", "drain"],
+            "        zone tomcats 64k;\n        keepalive 4;\n        jvm_route $cookie_ROUTE|jsessionid reverse;\n        jvm_route_cookie ROUTE;\n"
+        )
+    )
+}
+
+#[test]
+fn a_deployment_runs_through_without_a_failed_check() {
+    let tomcats = backends(&["tomcat01", "tomcat02"]);
+    let http = conf(&tomcats);
+    let (output, _path, _dir) = nginx_test_config(&http);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let nginx = Nginx::start(2, &http);
+    let first = nginx.get("/");
+    assert_eq!((first.status, first.backend()), (200, "tomcat01"), "{first:?}");
+    for _ in 0..10 {
+        let r = nginx.get_with("/", &[("Cookie", "ROUTE=.tomcat02")]);
+        assert_eq!((r.status, r.backend()), (200, "tomcat02"), "a drained server's session");
+    }
+
+    let body = "upstream=tomcats&srun_id=tomcat02&action=undrain";
+    let chunked = format!(
+        "POST /jvm-route/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let r = raw_request(nginx.port, chunked.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    for format in ["text", "json", "prometheus", "html"] {
+        let r = nginx.get(&format!("/jvm-route/?format={format}"));
+        assert_eq!(r.status, 200, "{format}: {r:?}");
+    }
+
+    nginx.reload_and_wait(&http, 2);
+    let status = nginx.get("/jvm-route/?format=json").body;
+    assert!(status.contains("\"state\":\"up\""), "{status}");
+    let (output, _path, _dir) = nginx_test_config(&http);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    nginx.assert_no_crash();
+}
