@@ -158,6 +158,8 @@ impl View {
     #[cold]
     fn apply_changed_marks(&self, stats: &Stats, generation: u64) {
         let mut draining = 0;
+        // nginx's invariant, checked in debug builds: `tries` counts the peers not down.
+        let mut drifted = false;
         for (infos, list) in [(&self.primary, self.list), (&self.backup, self.backup_list())] {
             if list.is_null() {
                 continue;
@@ -168,6 +170,13 @@ impl View {
                 // The list changed: the next use rebuilds the view and applies the marks.
                 return;
             };
+            if cfg!(debug_assertions) {
+                // SAFETY: the list is write-locked; its peers are its own.
+                unsafe {
+                    let up = ffi::iter(list).filter(|&p| (*p).down == 0).count();
+                    drifted |= (*list).tries != up as ngx_uint_t;
+                }
+            }
             for info in infos {
                 let Some(slot) = info.slot else { continue };
                 let peer = info.peer;
@@ -210,6 +219,15 @@ impl View {
         }
         self.draining.set(draining);
         self.applied.set(Some(generation));
+        if drifted {
+            // SAFETY: the cycle's log is valid in a worker.
+            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_ALERT,
+                log,
+                "jvm_route: a peer list's \"tries\" differs from its peers that are not down"
+            );
+        }
     }
 }
 

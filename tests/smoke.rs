@@ -4,7 +4,8 @@
 //! build goes on silently. `scripts/test` runs it with the debug build of the module and of the
 //! bundled nginx; it runs in every other run too.
 //!
-//! `nginx -t`, start, sticky requests, a chunked control POST (its last buffer is empty), a
+//! `nginx -t`, start, sticky requests, a chunked control POST (its last buffer is empty), marks
+//! that change the peers' `down` (the debug build checks the lists' `tries` each time), a
 //! status page in every format, a reload under `zone`, and the configuration check again
 //! while nginx runs.
 
@@ -46,6 +47,17 @@ fn a_deployment_runs_through_without_a_failed_check() {
     );
     let r = raw_request(nginx.port, chunked.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
+    // Marks change the peers' `down`: the lists' `tries` must follow (the debug build checks
+    // it every time marks are applied, and logs an [alert] if not).
+    for action in ["down", "drain", "up", "undrain"] {
+        let post = format!(
+            "POST /jvm-route/?upstream=tomcats&srun_id=tomcat01&action={action} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(raw_request(nginx.port, post.as_bytes()).status, 200, "{action}");
+        for _ in 0..4 {
+            assert_eq!(nginx.get_with("/", &[("Cookie", "ROUTE=.tomcat02")]).status, 200);
+        }
+    }
     for format in ["text", "json", "prometheus", "html"] {
         let r = nginx.get(&format!("/jvm-route/?format={format}"));
         assert_eq!(r.status, 200, "{format}: {r:?}");
