@@ -136,3 +136,25 @@ nextest_matrix() {
     rm -rf "$out/store"
     return "$status"
 }
+
+# Every run of the suite has an id; each part's results (target/matrix/RUN) are stamped with it,
+# so that the summary never reads an earlier run's report (tests/containers/summary.py).
+export JVM_ROUTE_RUN_ID="${JVM_ROUTE_RUN_ID:-$(date -u +%Y%m%dT%H%M%SZ)-$$}"
+
+# Starts the results of RUN afresh: an empty target/matrix/RUN stamped with this run's id.
+#   run_begin RUN
+run_begin() {
+    local out="$ROOT/target/matrix/$1"
+    rm -rf "$out"
+    mkdir -p "$out"
+    echo "$JVM_ROUTE_RUN_ID" >"$out/run_id"
+}
+
+# Notes why RUN has no report (shown as "did not run: WHY" by the summary).
+#   run_failed RUN WHY...
+run_failed() {
+    local out="$ROOT/target/matrix/$1"
+    shift
+    mkdir -p "$out"
+    echo "$*" >"$out/why"
+}

@@ -103,8 +103,13 @@ unsafe extern "C" fn get_variable(
 /// # Safety
 /// Called by nginx once per configuration, single-threaded.
 pub unsafe extern "C" fn add_filters(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // Only a configuration with `failover=off` needs them: other requests pay nothing.
     // SAFETY: `cf` is the configuration being read, in the http block.
+    if unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.has_status) {
+        // SAFETY: as above: nginx builds the filter chains at this point.
+        unsafe { crate::status::add_body_limit() };
+    }
+    // Only a configuration with `failover=off` needs them: other requests pay nothing.
+    // SAFETY: as above.
     if !unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.filtering) {
         return Status::NGX_OK.0;
     }

@@ -57,7 +57,9 @@ impl Browser {
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": args}
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+            // The console (CSP violations are reported there), read by `console`.
+            "goog:loggingPrefs": {"browser": "ALL"}
         }}});
         let reply = browser.call("POST", "/session", Some(caps));
         browser.session = reply["value"]["sessionId"].as_str().expect("a session").to_owned();
@@ -110,6 +112,26 @@ impl Browser {
         reply["value"].clone()
     }
 
+    /// The browser console's messages since the last call.
+    fn console(&self) -> Vec<String> {
+        let log = self.command("POST", "/se/log", Some(json!({"type": "browser"})));
+        log.as_array()
+            .map(|entries| {
+                entries.iter().map(|e| e["message"].as_str().unwrap_or("").to_owned()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Fails on any Content-Security-Policy violation the console reported.
+    fn assert_no_policy_violation(&self) {
+        let console = self.console();
+        let violations: Vec<&String> = console
+            .iter()
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
+            .collect();
+        assert!(violations.is_empty(), "the page broke its own policy: {violations:#?}");
+    }
+
     fn open(&self, url: &str) {
         self.command("POST", "/url", Some(json!({"url": url})));
     }
@@ -157,8 +179,10 @@ impl Drop for Browser {
 #[test]
 fn the_status_page_in_a_browser_drains_and_weighs_by_click() {
     let Some(browser) = Browser::start() else {
-        eprintln!(
-            "skipped: needs Debian's chromium and chromium-driver (the version matrix's images have them)"
+        missing(
+            "browser",
+            "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; \
+             the version matrix's images have them)",
         );
         return;
     };
@@ -184,6 +208,7 @@ fn the_status_page_in_a_browser_drains_and_weighs_by_click() {
         eventually(15, || !browser.find_all("#legend span").is_empty()),
         "the script did not run"
     );
+    browser.assert_no_policy_violation();
     let state = |n: usize| browser.text(&format!("{rows}:nth-child({n}) [data-field='state']"));
     assert_eq!(state(1), "up");
 
@@ -230,6 +255,7 @@ fn the_status_page_in_a_browser_drains_and_weighs_by_click() {
     });
     traffic.join().unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    browser.assert_no_policy_violation();
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
     browser.screenshot(&shot);
     nginx.assert_no_crash();

@@ -718,9 +718,12 @@ fn a_stock_method_with_bad_arguments_is_nginxs_own_error() {
 #[test]
 fn a_third_party_balancer_is_refused_with_its_name_and_place() {
     let fair = Path::new("/usr/lib/nginx/modules/ngx_http_upstream_fair_module.so");
-    let distro = nginx_binary() == Path::new("/usr/sbin/nginx");
-    if !distro || !fair.exists() {
-        eprintln!("skipped: needs the distribution's nginx and libnginx-mod-http-upstream-fair");
+    if nginx_binary() != Path::new("/usr/sbin/nginx") {
+        skip("the fair module loads only into the distribution's nginx, not the one under test");
+        return;
+    }
+    if !fair.exists() {
+        missing("fair", "needs libnginx-mod-http-upstream-fair (apt-get install it)");
         return;
     }
     let conf = format!(

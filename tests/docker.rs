@@ -298,7 +298,7 @@ fn image_runs_in_front_of_two_tomcat_containers() {
     let (Some(image), Some(tomcat)) =
         (std::env::var_os("TEST_DOCKER_IMAGE"), std::env::var_os("TEST_DOCKER_TOMCAT_IMAGE"))
     else {
-        eprintln!("skipped: needs Docker and the image; scripts/test-docker builds and runs it");
+        missing("docker", "needs Docker and the image: run scripts/test-docker, which builds it");
         return;
     };
     let (image, tomcat) = (image.to_string_lossy(), tomcat.to_string_lossy());
@@ -405,7 +405,7 @@ fn compose_example(command: &str, args: &std::ffi::OsStr) {
 #[test]
 fn compose_example_runs_with_debian_12s_compose() {
     let Some(args) = std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS") else {
-        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
+        missing("docker", "needs Docker and local images: run scripts/test-docker");
         return;
     };
     compose_example("docker-compose", &args);
@@ -419,7 +419,7 @@ fn compose_example_runs_with_debian_13s_compose() {
         std::env::var_os("TEST_DOCKER_COMPOSE_BUILD_ARGS"),
         std::env::var("TEST_DOCKER_COMPOSE_2").ok(),
     ) else {
-        eprintln!("skipped: needs Docker and local images; scripts/test-docker runs it");
+        missing("docker", "needs Docker and local images: run scripts/test-docker");
         return;
     };
     compose_example(&command, &args);

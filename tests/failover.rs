@@ -6,7 +6,6 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 
@@ -44,9 +43,12 @@ fn killing_the_sessions_server_under_traffic_loses_no_request() {
         })
         .collect();
 
-    thread::sleep(Duration::from_millis(500));
+    // Traffic reaches tomcat01, then it is killed, and traffic goes on for a while after.
+    let answered = |route: &str| seen.lock().unwrap().iter().filter(|(_, b)| b == route).count();
+    assert!(eventually(10, || answered("tomcat01") >= 20), "no traffic to tomcat01");
     tomcats[0].kill();
-    thread::sleep(Duration::from_millis(1500));
+    let moved = seen.lock().unwrap().len();
+    assert!(eventually(10, || seen.lock().unwrap().len() >= moved + 40), "traffic stopped");
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
@@ -61,8 +63,9 @@ fn killing_the_sessions_server_under_traffic_loses_no_request() {
 
     // Restarted, and once fail_timeout has passed, the route works again.
     tomcats[0].restart();
-    thread::sleep(Duration::from_millis(3500));
     let c = cookie("tomcat01");
+    // Within fail_timeout and a second (nginx compares whole seconds), the route works again.
+    assert!(eventually(5, || nginx.get_with("/", &[("Cookie", &c)]).backend() == "tomcat01"));
     let back: Vec<Response> = (0..10).map(|_| nginx.get_with("/", &[("Cookie", &c)])).collect();
     assert!(back.iter().all(|r| r.status == 200 && r.backend() == "tomcat01"), "{back:?}");
     nginx.assert_no_crash();
@@ -164,16 +167,24 @@ fn a_route_to_a_backup_is_honoured_only_without_usable_primaries() {
 fn a_full_server_is_skipped_max_conns_and_max_busy() {
     for limit in ["max_conns=1", "max_busy=1"] {
         let tomcats = backends(&["tomcat01", "tomcat02"]);
-        let nginx =
-            Nginx::start(1, &http_block(&upstream("tomcats", &tomcats, &[limit], JVM_ROUTE), ""));
+        // With a status location, to see the slow request in flight.
+        let conf = http_block(&upstream("tomcats", &tomcats, &[limit], JVM_ROUTE), "").replace(
+            "        location / {",
+            "        location = /status {\n            jvm_route_status;\n        }\n        location / {",
+        );
+        let nginx = Nginx::start(1, &conf);
         let c = cookie("tomcat01");
         let port = nginx.port;
         let slow_cookie = c.clone();
         let slow = thread::spawn(move || request(port, "/slow", &[("Cookie", &slow_cookie)]));
-        thread::sleep(Duration::from_millis(700));
+        assert!(
+            eventually(5, || status_server(&nginx, "/status", "tomcat01")["active"] == 1),
+            "{limit}: the slow request is not in flight on tomcat01"
+        );
         // tomcat01 holds its one connection: its sessions go elsewhere meanwhile.
         let r = nginx.get_with("/", &[("Cookie", &c)]);
         assert_eq!((r.status, r.backend()), (200, "tomcat02"), "{limit}");
+        assert!(!slow.is_finished(), "{limit}: the slow request still holds tomcat01");
         let held = slow.join().unwrap();
         assert_eq!((held.status, held.header("X-Backend")), (200, Some("tomcat01")), "{limit}");
         assert_eq!(held.body.len(), 6000);

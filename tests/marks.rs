@@ -22,7 +22,7 @@ fn conf(tomcats: &[Backend], params: &[&str], extra: &str) -> String {
 
 fn post(nginx: &Nginx, query: &str) -> Response {
     let raw = format!(
-        "POST /control?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /control?{query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     raw_request(nginx.port, raw.as_bytes())
 }
@@ -138,36 +138,19 @@ fn a_runtime_weight_can_always_be_taken_back() {
     nginx.assert_no_crash();
 }
 
-/// The master process's workers, from `ps`.
-fn workers(nginx: &Nginx) -> Vec<u32> {
-    let master = std::fs::read_to_string(nginx.dir().join("logs/nginx.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok());
-    let out =
-        std::process::Command::new("ps").args(["-eo", "pid=,ppid=,args="]).output().expect("ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (pid, ppid) = (f.next()?.parse::<u32>().ok()?, f.next()?.parse::<u32>().ok()?);
-            (Some(ppid) == master && l.contains("worker process")).then_some(pid)
-        })
-        .collect()
-}
-
 #[test]
 fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lost() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let nginx = Nginx::start(1, &conf(&tomcats, &[], ""));
-    assert!(eventually(10, || workers(&nginx).len() == 1), "one worker");
-    let old = workers(&nginx);
+    assert!(eventually(10, || nginx.workers().len() == 1), "one worker");
+    let old = nginx.workers();
 
     // The headers of a control POST reach the old worker; its body comes after the reload.
     let body = "upstream=tomcats&srun_id=tomcat01&action=drain";
     let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
-        "POST /control HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        "POST /control HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -183,7 +166,7 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
 
     nginx.reload_with(&conf(&tomcats, &[], ""), 1);
     assert!(
-        eventually(10, || workers(&nginx).iter().any(|p| !old.contains(p))),
+        eventually(10, || nginx.workers().iter().any(|p| !old.contains(p))),
         "the new worker runs"
     );
     stream.write_all(body.as_bytes()).unwrap();

@@ -5,7 +5,6 @@
 mod common;
 
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 
@@ -24,8 +23,12 @@ fn for_each_arrangement(tomcats: &[Backend], method: &str, check: impl Fn(&Nginx
                 if method_first { (method, JVM_ROUTE) } else { (JVM_ROUTE, method) };
             let zone_line = if zone { "        zone tomcats 64k;\n" } else { "" };
             let extra = format!("{zone_line}        {first}\n        {second}\n");
-            let nginx =
-                Nginx::start(1, &http_block(&upstream("tomcats", tomcats, &[], &extra), ""));
+            // With a status location, to see requests in flight.
+            let conf = http_block(&upstream("tomcats", tomcats, &[], &extra), "").replace(
+                "        location / {",
+                "        location = /status {\n            jvm_route_status;\n        }\n        location / {",
+            );
+            let nginx = Nginx::start(1, &conf);
             let what = format!("{first} then {second}{}", if zone { " with zone" } else { "" });
             assert_sticky(&nginx, tomcats, &what);
             check(&nginx, &what);
@@ -55,7 +58,14 @@ fn least_conn_prefers_the_idle_servers() {
         // A slow sessionless request keeps one server busy.
         let port = nginx.port;
         let slow = thread::spawn(move || request(port, "/slow", &[]));
-        thread::sleep(Duration::from_millis(500));
+        let in_flight = || {
+            let status: serde_json::Value =
+                serde_json::from_str(&nginx.get("/status?format=json").body).unwrap_or_default();
+            status["upstreams"][0]["servers"]
+                .as_array()
+                .map_or(0, |s| s.iter().filter_map(|s| s["active"].as_u64()).sum::<u64>())
+        };
+        assert!(eventually(5, || in_flight() == 1), "{what}: the slow request is not in flight");
         let quick: Vec<Response> = (0..10).map(|_| nginx.get("/")).collect();
         let held = slow.join().unwrap();
         let busy = held.header("X-Backend").expect("slow reply names its backend").to_owned();

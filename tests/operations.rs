@@ -6,7 +6,6 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 
@@ -116,12 +115,15 @@ fn reloads_under_traffic_keep_sessions_and_pick_up_changes() {
         .collect();
 
     let second = http_block(&upstream("tomcats", &tomcats, &[], jvm_route), location);
-    for i in 0..4 {
-        thread::sleep(Duration::from_millis(400));
-        nginx.reload_with(if i % 2 == 0 { &second } else { &first }, 2);
+    // Each reload waits for the one before to be taken over, with traffic in between.
+    let sent_now = || *sent.lock().unwrap();
+    for i in 0..5 {
+        let before = sent_now();
+        assert!(eventually(10, || sent_now() >= before + 20), "traffic stopped");
+        nginx.reload_and_wait(if i % 2 == 0 { &second } else { &first }, 2);
     }
-    nginx.reload_with(&second, 2);
-    thread::sleep(Duration::from_millis(1000));
+    let before = sent_now();
+    assert!(eventually(10, || sent_now() >= before + 40), "traffic stopped after the reloads");
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();

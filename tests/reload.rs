@@ -5,7 +5,6 @@
 mod common;
 
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -72,7 +71,14 @@ fn reload_under_hung_requests(before: &str, after: &str, other_after: bool) {
             thread::spawn(move || request(port, "/", &[("Cookie", &format!("{SESSION}tomcat02"))]))
         })
         .collect();
-    thread::sleep(Duration::from_millis(700));
+    // The three requests are in flight on the (old) worker before the reload: its hung
+    // server has them open.
+    assert!(
+        eventually(10, || server(&status(&nginx), "tomcats", "tomcat02")["active"] == 3),
+        "{}",
+        status(&nginx)
+    );
+    let old = nginx.workers();
     nginx.reload_with(&conf_of(after), 1);
     // The new cycle answers.
     assert!(eventually(10, || {
@@ -84,7 +90,7 @@ fn reload_under_hung_requests(before: &str, after: &str, other_after: bool) {
         assert_eq!((r.status, r.backend()), (200, "tomcat01"), "{r:?}");
     }
     // The old worker has finished its requests (and counted them in its own zone) and exits.
-    thread::sleep(Duration::from_millis(500));
+    assert!(eventually(15, || nginx.workers().iter().all(|p| !old.contains(p))));
     drop(hung);
     let _tomcat02 = Backend::start_at("tomcat02", "127.0.0.1", port);
 

@@ -124,21 +124,47 @@ fn cross_site_posts_change_nothing_and_curl_keeps_working() {
 }
 
 #[test]
-fn control_arguments_are_decoded_from_the_query_or_a_form_body() {
+fn control_arguments_are_decoded_from_a_form_body_or_else_the_query() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let nginx = start(&tomcats);
     let form = "Content-Type: application/x-www-form-urlencoded";
     let r = post(&nginx, "/control", &[form], "upstream=tomcats&srun_id=tomcat%30%31&action=drain");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: draining\n"), "{r:?}");
     assert_eq!(state(&nginx, "tomcat01"), "draining");
+    // One source: with a form body the query is not read.
     let r = post(&nginx, "/control?upstream=tom%63ats", &[form], "srun_id=tomcat01&action=undrain");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(state(&nginx, "tomcat01"), "draining");
+    let r = post(
+        &nginx,
+        "/control?action=down",
+        &[form],
+        "upstream=tomcats&srun_id=tomcat01&action=undrain",
+    );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(state(&nginx, "tomcat01"), "up");
     let r = post(&nginx, "/control?upstream=tomcats&srun_id=tomcat%302&action=down", &[], "");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(state(&nginx, "tomcat02"), "down");
-    // Bad encoding is a missing argument; an oversized form is refused; neither changes anything.
+    // Bad encoding, or a name given twice, is refused; an oversized form is refused; none
+    // changes anything.
     let r = post(&nginx, "/control?upstream=tomcats&srun_id=tomcat%G2&action=up", &[], "");
+    assert_eq!(r.status, 400, "{r:?}");
+    let r =
+        post(&nginx, "/control?upstream=tomcats&srun_id=%G1&srun_id=tomcat02&action=up", &[], "");
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = post(
+        &nginx,
+        "/control?upstream=tomcats&srun_id=tomcat01&srun_id=tomcat02&action=up",
+        &[],
+        "",
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "\"srun_id\" is given twice; nothing was changed\n")
+    );
+    let r =
+        post(&nginx, "/control", &[form], "upstream=tomcats&srun_id=tomcat02&action=up&action=up");
     assert_eq!(r.status, 400, "{r:?}");
     let big = format!("upstream=tomcats&srun_id=tomcat02&action=up&pad={}", "x".repeat(5000));
     let r = post(&nginx, "/control", &[form], &big);
@@ -180,7 +206,7 @@ fn browsers_get_the_page_and_a_form_post_goes_back_to_it() {
     // Without control, no buttons; curl gets text unless it asks.
     let read_only = nginx.get_with("/status", &[("Accept", browser)]);
     assert!(read_only.body.contains("<table>") && !read_only.body.contains("<form"));
-    assert_eq!(nginx.get("/status").header("Content-Type"), Some("text/plain"));
+    assert_eq!(nginx.get("/status").header("Content-Type"), Some("text/plain; charset=utf-8"));
     assert!(nginx.get("/status?format=html").body.starts_with("<!doctype html>"));
 
     let r = post(
@@ -197,5 +223,260 @@ fn browsers_get_the_page_and_a_form_post_goes_back_to_it() {
     assert_eq!(r.status, 303, "{r:?}");
     assert_eq!(r.header("Location"), Some("/control?format=html"));
     assert_eq!(state(&nginx, "tomcat02"), "draining");
+    nginx.assert_no_crash();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Under a prefix location, where the path after the prefix is the client's to choose.
+
+fn start_prefix(servers: &[Backend], server_extra: &str) -> Nginx {
+    let conf = format!(
+        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n{server_extra}        location / {{\n            proxy_pass http://app;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status app control;\n        }}\n    }}\n}}\n",
+        upstream("app", servers, &[], "        zone app 64k;\n        jvm_route $cookie_JSESSIONID reverse;\n")
+    );
+    Nginx::start(1, &conf)
+}
+
+fn state_of(nginx: &Nginx, srun_id: &str) -> String {
+    status_server(nginx, "/jvm-route/", srun_id)["state"].as_str().unwrap_or("").to_owned()
+}
+
+fn raw(nginx: &Nginx, request: &str) -> Response {
+    raw_request(nginx.port, request.as_bytes())
+}
+
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+#[test]
+fn a_path_cannot_split_the_response_of_a_form_post() {
+    let nginx = start_prefix(&backends(&["a", "b"]), "");
+    let path = "/jvm-route/x%0d%0aSet-Cookie:%20JSESSIONID=FIXED.a%0d%0aX-Y:%20z";
+    let r = raw(
+        &nginx,
+        &format!("POST {path}?upstream=app&srun_id=a&action=up HTTP/1.1\r\nHost: localhost\r\nAccept: {BROWSER}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("Set-Cookie"), None, "{r:?}");
+    assert_eq!(r.header("X-Y"), None, "{r:?}");
+    assert_eq!(r.header("Location"), Some(format!("{path}?format=html").as_str()));
+    nginx.assert_no_crash();
+}
+
+#[test]
+fn a_path_cannot_put_a_query_into_the_pages_buttons() {
+    let nginx = start_prefix(&backends(&["a", "b"]), "");
+    let path = "/jvm-route/%3Fupstream=app%26srun_id=b%26action=down%23";
+    let page = raw(
+        &nginx,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {BROWSER}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains(&format!("action=\"{path}\"")), "{}", page.body);
+    assert!(!page.body.contains("action=\"/jvm-route/?"), "{}", page.body);
+    // The operator's click on "drain a" posts the form to that action: only `a` changes.
+    let form = "upstream=app&srun_id=a&action=drain";
+    let r = raw(
+        &nginx,
+        &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {BROWSER}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len()),
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(
+        (state_of(&nginx, "a").as_str(), state_of(&nginx, "b").as_str()),
+        ("draining", "up")
+    );
+    nginx.assert_no_crash();
+}
+
+#[test]
+fn a_rebound_name_is_not_answered_and_known_names_are() {
+    let nginx = start_prefix(
+        &backends(&["a", "b"]),
+        "        server_name lb.example.com *.example.org ~^re\\.example\\.net$;\n",
+    );
+    let rebound = [
+        "Host: rebind.attacker.example",
+        "Origin: http://rebind.attacker.example",
+        "Sec-Fetch-Site: same-origin",
+    ]
+    .join("\r\n");
+    let r = raw(
+        &nginx,
+        &format!("POST /jvm-route/?upstream=app&srun_id=a&action=down HTTP/1.1\r\n{rebound}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_eq!(state_of(&nginx, "a"), "up");
+    // The page with the backends' addresses is not readable by that page either.
+    let r = raw(
+        &nginx,
+        &format!("GET /jvm-route/?format=json HTTP/1.1\r\n{rebound}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 421, "{r:?}");
+    assert!(!r.body.contains("127.0.0.1"), "{}", r.body);
+    // Wildcard and regular-expression names are not enough for a control request.
+    for host in ["a.example.org", "re.example.net", "rebind.attacker.example"] {
+        let r = raw(
+            &nginx,
+            &format!("POST /jvm-route/?upstream=app&srun_id=a&action=down HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(r.status, 421, "{host}: {r:?}");
+    }
+    assert_eq!(state_of(&nginx, "a"), "up");
+    // The exact server_name, addresses and localhost are answered.
+    for host in ["lb.example.com", "LB.example.com:8080", "127.0.0.1", "[::1]:80", "localhost"] {
+        let r = raw(
+            &nginx,
+            &format!("POST /jvm-route/?upstream=app&srun_id=a&action=drain HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
+    // A scraper or curl reading the status by any DNS name keeps working.
+    let r = raw(
+        &nginx,
+        "GET /jvm-route/?format=prometheus HTTP/1.1\r\nHost: monitoring.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    nginx.assert_no_crash();
+}
+
+#[test]
+fn a_page_of_the_other_scheme_is_another_site() {
+    let nginx = start_prefix(&backends(&["a"]), "");
+    let origin = format!("Origin: https://127.0.0.1:{}", nginx.port);
+    let r = raw(
+        &nginx,
+        &format!("POST /jvm-route/?upstream=app&srun_id=a&action=down HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{origin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", nginx.port),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let referer = format!("Referer: https://127.0.0.1:{}/jvm-route/", nginx.port);
+    let r = raw(
+        &nginx,
+        &format!("POST /jvm-route/?upstream=app&srun_id=a&action=down HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{referer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", nginx.port),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(state_of(&nginx, "a"), "up");
+}
+
+#[test]
+fn every_reply_says_its_type_and_runs_nothing() {
+    let nginx = start_prefix(&backends(&["a"]), "");
+    for (path, accept, content_type) in [
+        ("/jvm-route/", "*/*", "text/plain; charset=utf-8"),
+        ("/jvm-route/?format=json", "*/*", "application/json; charset=utf-8"),
+        ("/jvm-route/?format=prometheus", "*/*", "text/plain; version=0.0.4; charset=utf-8"),
+        ("/jvm-route/?format=nope", "*/*", "text/plain; charset=utf-8"),
+        ("/jvm-route/", BROWSER, "text/html; charset=utf-8"),
+    ] {
+        let r = nginx.get_with(path, &[("Accept", accept)]);
+        assert_eq!(r.header("Content-Type"), Some(content_type), "{path}");
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{path}");
+        if content_type.starts_with("text/html") {
+            assert_eq!(r.header("X-Frame-Options"), Some("DENY"));
+            assert!(r.header("Content-Security-Policy").is_some_and(|c| c.contains("'sha256-")));
+        } else {
+            assert_eq!(r.header("Content-Security-Policy"), Some("default-src 'none'"), "{path}");
+        }
+    }
+    let r = raw(
+        &nginx,
+        "POST /jvm-route/?upstream=app&srun_id=a&action=nope HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("Content-Security-Policy"), Some("default-src 'none'"));
+    // HEAD: the headers, no body.
+    let head = exchange(
+        nginx.port,
+        b"HEAD /jvm-route/?format=json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/json; charset=utf-8"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "no body after the header: {head}");
+}
+
+#[test]
+fn a_chunked_form_is_refused_as_soon_as_it_is_too_large() {
+    let nginx = start_prefix(&backends(&["a"]), "");
+    let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = "x".repeat(5000);
+    // The first chunk passes 4 KB; the body never ends.
+    let head = format!(
+        "POST /jvm-route/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&data).contains("\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    let reply = String::from_utf8_lossy(&data);
+    assert!(reply.starts_with("HTTP/1.1 413"), "refused before the body ended: {reply}");
+    assert_eq!(state_of(&nginx, "a"), "up");
+    nginx.assert_no_crash();
+}
+
+#[test]
+fn a_form_sent_after_100_continue_is_obeyed() {
+    let nginx = start_prefix(&backends(&["a", "b"]), "");
+    let form = "upstream=app&srun_id=b&action=drain";
+    let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /jvm-route/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        form.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(form.as_bytes()).unwrap();
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert_eq!(state_of(&nginx, "b"), "draining");
+}
+
+#[test]
+fn a_control_post_over_http2_is_obeyed() {
+    let servers = backends(&["a", "b"]);
+    let conf = format!(
+        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}} http2;\n        location /jvm-route/ {{\n            jvm_route_status app control;\n        }}\n    }}\n}}\n",
+        upstream("app", &servers, &[], "        zone app 64k;\n        jvm_route $cookie_JSESSIONID reverse;\n")
+    );
+    let nginx = Nginx::start(1, &conf);
+    let url = format!("http://127.0.0.1:{}/jvm-route/", nginx.port);
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_version} %{http_code}",
+            ])
+            .args(args)
+            .output()
+            .expect("curl (Debian package curl, with HTTP/2) is needed for this test");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let form = curl(&["-d", "upstream=app&srun_id=b&action=drain", &url]);
+    assert!(form.ends_with("\n2 200"), "{form}");
+    let query = curl(&["-X", "POST", &format!("{url}?upstream=app&srun_id=a&action=down")]);
+    assert!(query.ends_with("\n2 200"), "{query}");
+    let json = curl(&[&format!("{url}?format=json")]);
+    assert!(json.contains("\"srun_id\":\"b\"") && json.contains("draining"), "{json}");
+    assert!(json.contains("\"state\":\"down\""), "{json}");
+    let big = format!("upstream=app&srun_id=a&action=up&pad={}", "x".repeat(5000));
+    let refused = curl(&["-d", &big, &url]);
+    assert!(refused.ends_with("\n2 413"), "{refused}");
     nginx.assert_no_crash();
 }

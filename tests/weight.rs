@@ -16,7 +16,7 @@ fn conf(tomcats: &[Backend], params: &[&str], extra: &str) -> String {
 
 fn post(nginx: &Nginx, query: &str) -> Response {
     let raw = format!(
-        "POST /control?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /control?{query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     raw_request(nginx.port, raw.as_bytes())
 }
@@ -97,17 +97,45 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
         assert_eq!(r.status, 409, "{method}: {r:?}");
         assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
     }
-    // Methods that read them on every request take it.
+    // Methods that read them on every request take it: their traffic follows the new weight.
     for method in ["least_conn;", "hash $request_uri;", "ip_hash;"] {
         let nginx = Nginx::start(
             2,
             &conf(&tomcats, &[], &format!("        zone tomcats 64k;\n        {method}\n")),
         );
+        let before = method_spread(&nginx, method, 120);
         assert_eq!(post(&nginx, query).status, 200, "{method}");
         assert_eq!(server(&nginx, "tomcat01")["weight"], 5);
-        for i in 0..30 {
-            assert_eq!(nginx.get(&format!("/x{i}")).status, 200, "{method}");
-        }
+        let after = method_spread(&nginx, method, 120);
+        // 1:1, then 5:1 (100 of 120 expected; hashes are not exact, hence the margins).
+        assert!((40..=80).contains(&before.0), "{method} before: {before:?}");
+        assert!((85..=112).contains(&after.0), "{method} after weight 5: {after:?}");
         nginx.assert_no_crash();
     }
+}
+
+/// `n` sessionless requests as each method spreads them: one after another (least_conn then
+/// goes by weight among idle servers), each with its own URI (hash), each from its own client
+/// network (ip_hash hashes the first three bytes of the address: 127.k.j.1).
+fn method_spread(nginx: &Nginx, method: &str, n: usize) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for i in 0..n {
+        let r = if method.starts_with("ip_hash") {
+            let from = format!("127.{}.{}.1", 1 + i / 200, 1 + i % 200);
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--interface", &from])
+                .arg(format!("http://127.0.0.1:{}/", nginx.port))
+                .output()
+                .expect("curl (Debian package curl) sends from other loopback addresses");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            nginx.get(&format!("/key-{i}")).body
+        };
+        match r.split_whitespace().next() {
+            Some("tomcat01") => counts.0 += 1,
+            Some("tomcat02") => counts.1 += 1,
+            other => panic!("{method}: unexpected answer {other:?}"),
+        }
+    }
+    counts
 }

@@ -10,6 +10,12 @@ pub mod route;
 #[path = "../../src/rules/failover.rs"]
 pub mod failover;
 
+#[path = "../../src/status/origin.rs"]
+pub mod origin;
+
+#[path = "../../src/status/form.rs"]
+pub mod form;
+
 /// Where `part` lies in `whole`, if it is a subslice of it (same memory, not equal bytes).
 pub fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
     let start = whole.as_ptr() as usize;

@@ -483,6 +483,10 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
         }
     }
     lcf.status = Some(status);
+    // SAFETY: `cf` is valid.
+    if let Some(main) = Module::main_conf_mut(unsafe { &*cf }) {
+        main.has_status = true;
+    }
 
     // SAFETY: `cf` is inside a location, whose core configuration takes the content handler.
     match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {

@@ -115,6 +115,8 @@ pub struct MainConf {
     pub filtering: bool,
     /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
     status_names: Vec<(Box<[u8]>, String, usize)>,
+    /// Whether some location has `jvm_route_status` (its form bodies are limited while read).
+    pub has_status: bool,
 }
 
 impl MainConf {

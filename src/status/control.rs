@@ -11,17 +11,14 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 
 use super::origin::{self, Headers};
-use super::{form, send, servers, upstreams};
+use super::{form, send, servers, upstreams, TEXT};
 use crate::conf::{MainConf, StatusConf};
 use crate::ffi;
-use crate::ffi::{bytes, lossy, str_bytes};
+use crate::ffi::{bytes, lossy};
 use crate::rules::marks::{self, Action, Refusal};
 use crate::worker;
 use crate::zone::{Superseded, MAX_WEIGHT};
 use crate::Module;
-
-/// The longest form body read; longer ones are refused (413). Control arguments are short.
-const MAX_FORM: usize = 4096;
 
 /// What a control request changes.
 enum Change {
@@ -36,7 +33,8 @@ enum Change {
 const RELOADING: &str = "nginx is reloading and this worker belongs to the previous \
     configuration: the change may not reach the new one; send the request again\n";
 
-/// Answers a control request whose arguments are `body` (beside the query string).
+/// Answers a control request whose arguments are the form `body`, if it has one, or else the
+/// query string (never both).
 ///
 /// # Safety
 /// `r` must be a live request of a `jvm_route_status` location, its body read or discarded,
@@ -45,17 +43,29 @@ pub(super) unsafe fn respond(
     r: *mut ngx_http_request_t,
     conf: &StatusConf,
     main: &MainConf,
-    body: &[u8],
+    body: Option<&[u8]>,
 ) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    if let Some((status, text)) = unsafe { super::refusal(r, true) } {
+        // SAFETY: as above.
+        return unsafe { send(r, status, TEXT, text.as_bytes(), &[]) };
+    }
     // SAFETY: per the function contract.
     let headers = unsafe {
         Headers {
+            scheme: super::scheme(r),
             host: header(r, b"host"),
             fetch_site: header(r, b"sec-fetch-site"),
             origin: header(r, b"origin"),
             referer: header(r, b"referer"),
         }
     };
+    // A form posted by the page without JavaScript goes back to the page, by the path as the
+    // client wrote it.
+    // SAFETY: per the function contract.
+    let browser = unsafe { header(r, b"accept") }.is_some_and(super::html::prefers_html);
+    // SAFETY: as above.
+    let path = unsafe { super::raw_path(r) };
     let (status, text) = if !conf.control {
         (403, "control is not enabled here: use \"jvm_route_status control;\"\n".to_string())
     } else if origin::is_cross_site(&headers) {
@@ -65,33 +75,47 @@ pub(super) unsafe fn respond(
              nothing was changed\n"
                 .to_string(),
         )
+    } else if browser && path.is_none() {
+        // SAFETY: per the function contract.
+        return unsafe { super::bad_path(r) };
     } else {
         // SAFETY: per the function contract; the query lives as long as the request.
         let args = unsafe { bytes((*r).args) };
-        control(conf, main, &[args, body])
+        control(conf, main, body.unwrap_or(args))
     };
     if status == 503 {
         // SAFETY: per the function contract.
-        return unsafe { send(r, 503, "text/plain", text.as_bytes(), &[("Retry-After", "1")]) };
+        return unsafe { send(r, 503, TEXT, text.as_bytes(), &[("Retry-After", "1")]) };
     }
-    // A form posted by the page without JavaScript: back to the page, which shows the change.
-    // SAFETY: per the function contract.
-    let browser = unsafe { header(r, b"accept") }.is_some_and(super::html::prefers_html);
-    if status == 200 && browser {
-        // SAFETY: as above; the URI is this location's path.
-        let page = format!("{}?format=html", lossy(unsafe { bytes((*r).uri) }));
+    if let (200, true, Some(path)) = (status, browser, path) {
+        let page = format!("{path}?format=html");
         // SAFETY: as above.
-        return unsafe { send(r, 303, "text/plain", text.as_bytes(), &[("Location", &page)]) };
+        return unsafe { send(r, 303, TEXT, text.as_bytes(), &[("Location", &page)]) };
     }
     // SAFETY: per the function contract.
-    unsafe { send(r, status, "text/plain", text.as_bytes(), &[]) }
+    unsafe { send(r, status, TEXT, text.as_bytes(), &[]) }
 }
 
-/// The value of the request header `name` (lower case), if the request has it.
+/// Whether the request carries a browser's fetch metadata (`Sec-Fetch-*` headers).
 ///
 /// # Safety
-/// `r` must be a live request; the value lives as long as it.
-pub(super) unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
+/// `r` must be a live request.
+pub(super) unsafe fn has_fetch_metadata(r: *mut ngx_http_request_t) -> bool {
+    let mut found = false;
+    // SAFETY: per the function contract.
+    unsafe {
+        each_header(r, |key, _| {
+            found |= key.len() > 10 && key[..10].eq_ignore_ascii_case(b"sec-fetch-");
+        })
+    };
+    found
+}
+
+/// Calls `f` with the name and value of every request header.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn each_header<'r>(r: *mut ngx_http_request_t, mut f: impl FnMut(&'r [u8], &'r [u8])) {
     // SAFETY: per the function contract: `headers` is a list of `ngx_table_elt_t`.
     unsafe {
         let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
@@ -99,14 +123,30 @@ pub(super) unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Opti
             let elts = (*part).elts.cast::<ngx_table_elt_t>();
             for i in 0..(*part).nelts {
                 let h = &*elts.add(i);
-                if h.hash != 0 && str_bytes(&h.key).eq_ignore_ascii_case(name) {
-                    return Some(bytes::<'r>(h.value));
+                if h.hash != 0 {
+                    f(bytes::<'r>(h.key), bytes::<'r>(h.value));
                 }
             }
             part = (*part).next;
         }
     }
-    None
+}
+
+/// The value of the request header `name` (lower case), if the request has it.
+///
+/// # Safety
+/// `r` must be a live request; the value lives as long as it.
+pub(super) unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
+    let mut found = None;
+    // SAFETY: per the function contract.
+    unsafe {
+        each_header(r, |key, value| {
+            if found.is_none() && key.eq_ignore_ascii_case(name) {
+                found = Some(value);
+            }
+        })
+    };
+    found
 }
 
 /// Starts reading a form body, if the request has one: `Some(rc)` to return from the content
@@ -129,7 +169,7 @@ pub(super) unsafe fn read_form(r: *mut ngx_http_request_t) -> Option<ngx_int_t> 
         if length == 0 || (length < 0 && (*r).headers_in.chunked() == 0) {
             return None;
         }
-        if length > MAX_FORM as i64 {
+        if length > super::MAX_FORM as i64 {
             return Some(413);
         }
         (*r).set_request_body_in_single_buf(1);
@@ -169,7 +209,7 @@ unsafe fn answer_form(r: *mut ngx_http_request_t) -> ngx_int_t {
         let mut chain = if rb.is_null() { std::ptr::null_mut() } else { (*rb).bufs };
         while !chain.is_null() {
             let buf = (*chain).buf;
-            if (*buf).in_file() != 0 || body.len() > MAX_FORM {
+            if (*buf).in_file() != 0 || body.len() > super::MAX_FORM {
                 return 413;
             }
             // The last buffer of a chunked body can be empty, with null pointers.
@@ -182,32 +222,42 @@ unsafe fn answer_form(r: *mut ngx_http_request_t) -> ngx_int_t {
             chain = (*chain).next;
         }
     }
-    if body.len() > MAX_FORM {
+    if body.len() > super::MAX_FORM {
         return 413;
     }
     // SAFETY: per the function contract; the header is not sent yet.
-    unsafe { respond(r, conf, main, &body) }
+    unsafe { respond(r, conf, main, Some(&body)) }
 }
 
 /// A control request: `upstream=NAME&srun_id=ID&action=drain|undrain|down|up`.
-fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, String) {
-    let get = |name: &[u8]| form::value(sources, name);
+fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String) {
+    let args = match form::parse(source) {
+        Ok(args) => args,
+        Err(form::FormError::BadEncoding(name)) => {
+            return (
+                400,
+                format!("bad percent-encoding in \"{}\"; nothing was changed\n", lossy(&name)),
+            );
+        }
+        Err(form::FormError::Repeated(name)) => {
+            return (400, format!("\"{}\" is given twice; nothing was changed\n", lossy(&name)));
+        }
+    };
+    let get = |name: &[u8]| form::get(&args, name);
     let (Some(upstream_name), Some(srun_id), Some(action)) =
         (get(b"upstream"), get(b"srun_id"), get(b"action"))
     else {
         return (400, "give upstream=NAME&srun_id=ID&action=drain|undrain|down|up, or action=weight&value=N\n".into());
     };
-    let (upstream_name, srun_id) = (&upstream_name[..], &srun_id[..]);
-    let change = match &action[..] {
+    let change = match action {
         b"drain" => Change::Marks(Action::Drain, "draining"),
         b"undrain" => Change::Marks(Action::Undrain, "not draining"),
         b"down" => Change::Marks(Action::Down, "down"),
         b"up" => Change::Marks(Action::Up, "up"),
-        b"weight" if get(b"value").as_deref() == Some(&b"configured"[..]) => Change::Weight(None),
+        b"weight" if get(b"value") == Some(&b"configured"[..]) => Change::Weight(None),
         b"weight" => {
             let value = get(b"value");
             let weight = value
-                .as_deref()
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse::<u64>().ok())
@@ -220,7 +270,7 @@ fn control(conf: &StatusConf, main: &MainConf, sources: &[&[u8]]) -> (usize, Str
                         format!(
                             "invalid weight \"{}\": give value=N, N from 1 to {MAX_WEIGHT}, or \
                              value=configured\n",
-                            lossy(value.as_deref().unwrap_or_default())
+                            lossy(value.unwrap_or_default())
                         ),
                     );
                 }

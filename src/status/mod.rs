@@ -18,10 +18,13 @@ use std::collections::HashMap;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_str_t, ngx_time, time_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_POST,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_http_server_name_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_str_t, ngx_time, time_t, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_HTTP_POST,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Request};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, Request,
+};
 
 use crate::conf::{server_name, servers, upstream_name, MainConf, StatusConf, UpstreamConf};
 use crate::ffi::{self, bytes, lossy, str_bytes};
@@ -87,6 +90,16 @@ struct UpstreamRow {
     servers: Vec<ServerRow>,
 }
 
+/// Content types of the replies: every one names its charset.
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The longest form body read; a longer one is refused (413) as soon as it passes this size,
+/// while it is read. Control arguments are short.
+pub const MAX_FORM: usize = 4096;
+
 /// The location's content handler.
 ///
 /// # Safety
@@ -114,50 +127,205 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if rc != Status::NGX_OK.0 {
         return rc;
     }
-    // SAFETY: `r` is live; `args` points into its request line.
-    let args = unsafe { bytes((*r).args) };
-
     if method == NGX_HTTP_POST {
         // SAFETY: `r` is live.
-        return unsafe { control::respond(r, conf, main, &[]) };
+        return unsafe { control::respond(r, conf, main, None) };
+    }
+    // SAFETY: `r` is live.
+    if let Some((status, text)) = unsafe { refusal(r, false) } {
+        // SAFETY: `r` is live.
+        return unsafe { send(r, status, TEXT, text.as_bytes(), &[]) };
     }
     if method != NGX_HTTP_GET && method != NGX_HTTP_HEAD {
         let allow = if conf.control { "GET, HEAD, POST" } else { "GET, HEAD" };
         // SAFETY: `r` is live.
-        return unsafe { send(r, 405, "text/plain", b"method not allowed\n", &[("Allow", allow)]) };
+        return unsafe { send(r, 405, TEXT, b"method not allowed\n", &[("Allow", allow)]) };
     }
 
-    let rows = collect(conf, main);
+    // SAFETY: `r` is live; `args` points into its request line.
+    let args = unsafe { bytes((*r).args) };
     // SAFETY: `r` is live.
     let browser = unsafe { control::header(r, b"accept") }.is_some_and(html::prefers_html);
     let format = arg(args, b"format").or(browser.then_some(&b"html"[..]));
+    let head = method == NGX_HTTP_HEAD;
     if format == Some(b"html") {
-        // SAFETY: `r` is live; its URI is this location's path.
-        let path = conf.control.then(|| lossy(unsafe { bytes((*r).uri) }));
-        let body = html::page(&rows, path.as_deref());
+        // The forms post back to this location, by the path as the client wrote it (still
+        // percent-encoded: a decoded `?` or `#` would become a query or a fragment).
+        // SAFETY: `r` is live.
+        let path = match conf.control.then(|| unsafe { raw_path(r) }) {
+            None => None,
+            Some(Some(path)) => Some(path),
+            // SAFETY: `r` is live.
+            Some(None) => return unsafe { bad_path(r) },
+        };
         let headers = [
             ("Content-Security-Policy", html::content_security_policy()),
-            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
             ("Referrer-Policy", "same-origin"),
         ];
+        let body = if head { String::new() } else { html::page(&collect(conf, main), path) };
         // SAFETY: `r` is live.
-        return unsafe { send(r, 200, "text/html; charset=utf-8", body.as_bytes(), &headers) };
+        return unsafe { send(r, 200, HTML, body.as_bytes(), &headers) };
     }
-    let (content_type, body) = match format {
-        None | Some(b"text") => ("text/plain", render::text(&rows)),
-        Some(b"json") => ("application/json", render::json(&rows)),
-        Some(b"prometheus") => ("text/plain; version=0.0.4", render::prometheus(&rows)),
+    let (content_type, render): (_, fn(&[UpstreamRow]) -> String) = match format {
+        None | Some(b"text") => (TEXT, render::text),
+        Some(b"json") => (JSON, render::json),
+        Some(b"prometheus") => (PROMETHEUS, render::prometheus),
         Some(other) => {
             let body = format!(
                 "unknown format \"{}\": use text, json, prometheus or html\n",
                 lossy(other)
             );
             // SAFETY: `r` is live.
-            return unsafe { send(r, 400, "text/plain", body.as_bytes(), &[]) };
+            return unsafe { send(r, 400, TEXT, body.as_bytes(), &[]) };
         }
     };
+    // HEAD: the headers only, nothing rendered.
+    let body = if head { String::new() } else { render(&collect(conf, main)) };
     // SAFETY: `r` is live.
     unsafe { send(r, 200, content_type, body.as_bytes(), &[]) }
+}
+
+/// The request's path as the client sent it, before percent-decoding, without the query; None
+/// if it has a byte that may not stand in a header or an attribute as it is (controls, spaces,
+/// non-ASCII), which a path nginx accepted never has unencoded but for those.
+///
+/// # Safety
+/// `r` must be a live request.
+pub(super) unsafe fn raw_path<'r>(r: *mut ngx_http_request_t) -> Option<&'r str> {
+    // SAFETY: per the function contract: the request line lives as long as the request.
+    let raw = unsafe { bytes((*r).unparsed_uri) };
+    let path = raw.split(|&b| b == b'?').next().unwrap_or_default();
+    if !path.starts_with(b"/") || !path.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+        return None;
+    }
+    std::str::from_utf8(path).ok()
+}
+
+/// The answer to a path that [`raw_path`] refuses.
+///
+/// # Safety
+/// `r` must be a live request whose header has not been sent.
+pub(super) unsafe fn bad_path(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let text = b"the path has characters that must be percent-encoded\n";
+    // SAFETY: per the function contract.
+    unsafe { send(r, 400, TEXT, text, &[]) }
+}
+
+/// A request that must not be answered, and why: a control request (`control`), or any
+/// request that a browser marks as such (`Origin`, `Sec-Fetch-*`), whose `Host` is a name that
+/// is not this server's (DNS rebinding: [`origin::host_allowed`]).
+///
+/// # Safety
+/// `r` must be a live request.
+pub(super) unsafe fn refusal(
+    r: *mut ngx_http_request_t,
+    control: bool,
+) -> Option<(usize, &'static str)> {
+    // SAFETY: per the function contract.
+    let browser =
+        unsafe { control::header(r, b"origin").is_some() || control::has_fetch_metadata(r) };
+    if !control && !browser {
+        return None;
+    }
+    // SAFETY: as above; nginx keeps the validated, lower-case host without its port here.
+    let host = unsafe { bytes((*r).headers_in.server) };
+    // SAFETY: as above.
+    let names = unsafe { server_names(r) };
+    if origin::host_allowed(host, &names) {
+        return None;
+    }
+    Some((
+        421,
+        "refused: the Host names neither this server (server_name) nor an address; nothing was \
+         changed\n",
+    ))
+}
+
+/// The exact names of the request's server block (`server_name`), without wildcard and
+/// regular-expression names.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn server_names<'r>(r: *mut ngx_http_request_t) -> Vec<&'r [u8]> {
+    // SAFETY: per the function contract.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let Some(cscf) = NgxHttpCoreModule::server_conf(request) else { return Vec::new() };
+    // SAFETY: `server_names` is an array of `ngx_http_server_name_t`, configuration memory.
+    let names = unsafe { cscf.server_names.as_slice::<ngx_http_server_name_t>() };
+    names
+        .iter()
+        .filter(|n| n.regex.is_null())
+        // SAFETY: a name lives as long as the configuration.
+        .map(|n| unsafe { bytes::<'r>(n.name) })
+        .filter(|n| {
+            !n.is_empty()
+                && !n.starts_with(b"*")
+                && !n.starts_with(b".")
+                && !n.starts_with(b"~")
+                && !n.ends_with(b"*")
+        })
+        .collect()
+}
+
+/// The request's scheme.
+///
+/// # Safety
+/// `r` must be a live request.
+pub(super) unsafe fn scheme(r: *mut ngx_http_request_t) -> &'static [u8] {
+    // SAFETY: per the function contract.
+    if unsafe { (*(*r).connection).ssl.is_null() } {
+        b"http"
+    } else {
+        b"https"
+    }
+}
+
+/// Installs [`body_limit`] in nginx's request body filter chain.
+///
+/// # Safety
+/// Called once per configuration, while nginx builds its filter chains.
+pub unsafe fn add_body_limit() {
+    // SAFETY: per the function contract.
+    unsafe {
+        NEXT_REQUEST_BODY_FILTER = ngx::ffi::ngx_http_top_request_body_filter;
+        ngx::ffi::ngx_http_top_request_body_filter = Some(body_limit);
+    }
+}
+
+static mut NEXT_REQUEST_BODY_FILTER: ngx::ffi::ngx_http_request_body_filter_pt = None;
+
+/// A request body filter: a form body of a `jvm_route_status` location is refused (413) as soon
+/// as what was read of it passes [`MAX_FORM`], chunked or not, before the rest is read.
+unsafe extern "C" fn body_limit(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the buffers just read; `request_body` is set
+    // while a body is read, and its saved buffers are a chain of the request pool.
+    unsafe {
+        let request = Request::from_ngx_http_request(r);
+        let ours = Module::location_conf(request).is_some_and(|l| l.status.is_some());
+        if ours && !(*r).request_body.is_null() {
+            let size = |mut cl: *mut ngx_chain_t| {
+                let mut n = 0usize;
+                while !cl.is_null() {
+                    let b = (*cl).buf;
+                    if !b.is_null() && (*b).in_file() == 0 && !(*b).pos.is_null() {
+                        n += (*b).last.offset_from((*b).pos).max(0) as usize;
+                    } else if !b.is_null() && (*b).in_file() != 0 {
+                        n += MAX_FORM + 1;
+                    }
+                    cl = (*cl).next;
+                }
+                n
+            };
+            if size((*(*r).request_body).bufs) + size(chain) > MAX_FORM {
+                return 413;
+            }
+        }
+        match *std::ptr::addr_of!(NEXT_REQUEST_BODY_FILTER) {
+            Some(next) => next(r, chain),
+            None => Status::NGX_ERROR.0,
+        }
+    }
 }
 
 /// The value of `name` in a query string (raw, not percent-decoded).
@@ -339,11 +507,25 @@ pub(super) unsafe fn send(
             ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
         out.content_type_len = content_type.len();
         out.content_length_n = body.len() as _;
-        // State changes with every request: no cache may keep a reply.
-        for (name, value) in [("Cache-Control", "no-store")].iter().chain(headers) {
+        // State changes with every request: no cache may keep a reply. No reply is to be
+        // sniffed as another type; a reply that is not the page runs nothing.
+        let own: &[(&str, &str)] = if content_type.starts_with("text/html") {
+            &[("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
+        } else {
+            &[
+                ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Content-Security-Policy", "default-src 'none'"),
+            ]
+        };
+        for (name, value) in own.iter().chain(headers) {
             if ffi::push_header(r, name, value.as_bytes()).is_none() {
                 return Status::NGX_ERROR.0;
             }
+        }
+        if (*r).method as u32 == NGX_HTTP_HEAD {
+            // Nothing was rendered: the length is not known.
+            out.content_length_n = -1;
         }
         let rc = ngx_http_send_header(r);
         if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || (*r).header_only() != 0 {

@@ -311,14 +311,29 @@ impl Nginx {
     }
 
     /// [`reload_with`](Self::reload_with), then waits until the master has read the new
-    /// configuration and its new workers have taken over the listening socket.
+    /// configuration, its `workers` new workers run, and every old worker has exited (so
+    /// that no request reaches the old configuration any more).
     pub fn reload_and_wait(&self, http_conf: &str, workers: usize) {
+        let old = self.workers();
         let reloads = || self.error_log().matches("reconfiguring").count();
         let before = reloads();
         self.reload_with(http_conf, workers);
         assert!(eventually(10, || reloads() > before), "no reload:\n{}", self.error_log());
-        // Old workers finish their connections and exit; the new ones take the socket.
-        thread::sleep(Duration::from_millis(500));
+        assert!(
+            eventually(15, || {
+                let now = self.workers();
+                now.iter().all(|p| !old.contains(p)) && now.len() >= workers
+            }),
+            "the old workers {old:?} did not hand over: {:?}\n{}",
+            self.workers(),
+            self.error_log()
+        );
+    }
+
+    /// The master's worker processes (from /proc).
+    pub fn workers(&self) -> Vec<u32> {
+        let master = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        workers_of(master)
     }
 
     pub fn signal(&self, signal: i32) {
@@ -612,4 +627,76 @@ pub fn spread(nginx: &Nginx, n: usize) -> HashMap<String, usize> {
     let responses: Vec<Response> = (0..n).map(|_| nginx.get("/")).collect();
     assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
     tally(&responses)
+}
+
+/// The child processes of `parent` (nginx's workers, of its master), from /proc.
+pub fn workers_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces.
+            fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skips: only at a real boundary (a version or build of nginx that lacks what the test needs,
+// or a part the run does not test), or for a part the developer asked to leave out
+// (JVM_ROUTE_TEST_SKIP). A skip says so in the runner's own output, and the test binary ends
+// with the list of its skips.
+
+static SKIPS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static SKIP_LIST: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn print_skips() {
+    let skips = SKIPS.lock().map(|s| s.clone()).unwrap_or_default();
+    if skips.is_empty() {
+        return;
+    }
+    let mut text = format!("skipped: {}, because:\n", skips.len());
+    for line in &skips {
+        text.push_str(&format!("  {line}\n"));
+    }
+    // Straight to the process's stderr: the test harness does not capture it.
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// The test does not apply here, for `reason`: says so and the test returns (the caller
+/// returns right after).
+pub fn skip(reason: &str) {
+    let name = thread::current().name().unwrap_or("?").to_owned();
+    // In the test's own output (the version matrix's summary reads it from JUnit) ...
+    eprintln!("skipped: {reason}");
+    // ... and in the runner's, which does not capture a direct write to stderr.
+    let _ = std::io::stderr().write_all(format!("SKIPPED {name}: {reason}\n").as_bytes());
+    if let Ok(mut skips) = SKIPS.lock() {
+        skips.push(format!("{name}: {reason}"));
+    }
+    // SAFETY: registers a plain function with the C library, once.
+    SKIP_LIST.call_once(|| unsafe {
+        libc::atexit(print_skips);
+    });
+}
+
+/// Whether the developer asked to leave `part` out (`JVM_ROUTE_TEST_SKIP=browser,docker`).
+pub fn skip_requested(part: &str) -> bool {
+    std::env::var("JVM_ROUTE_TEST_SKIP")
+        .is_ok_and(|v| v.split([',', ' ']).any(|p| p == part || p == "all-optional"))
+}
+
+/// `part` of the suite is missing here (`what` says how to get it): the test fails, unless
+/// the developer asked to leave the part out, and then it is skipped. Returns only then.
+#[track_caller]
+pub fn missing(part: &str, what: &str) {
+    if skip_requested(part) {
+        skip(&format!("{part} left out (JVM_ROUTE_TEST_SKIP): {what}"));
+        return;
+    }
+    panic!("{what}; to leave this part out, set JVM_ROUTE_TEST_SKIP={part}");
 }

@@ -2,7 +2,12 @@
 nextest wrote in target/matrix/RUN/junit.xml and the run's meta file. A test that passed but
 printed a line starting with "skipped:" is counted as skipped, with its reason listed below.
 
-    python3 summary.py MATRIX_DIR RUN...
+    python3 summary.py [--run-id ID] MATRIX_DIR RUN...
+
+With --run-id, a run counts only if its directory was stamped with that id (target/matrix/RUN/
+run_id, written when the run started from an empty directory): a run that stopped before its
+report shows as "did not run" with the reason it left (RUN/why), never with an earlier run's
+results. Exits 1 if any test failed or any run did not run.
 """
 
 import os
@@ -31,13 +36,37 @@ def skip_reason(case):
     return None
 
 
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def main():
-    matrix, runs = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    run_id = None
+    if args[:1] == ["--run-id"]:
+        run_id, args = args[1], args[2:]
+    matrix, runs = args[0], args[1:]
     rows, notes, failures = [], [], []
+    did_not_run = 0
     for run in runs:
         info = meta(os.path.join(matrix, run, "meta"))
         report = os.path.join(matrix, run, "junit.xml")
         passed = failed = skipped = 0
+        stamped = run_id is None or read(os.path.join(matrix, run, "run_id")) == run_id
+        why = read(os.path.join(matrix, run, "why"))
+        if not stamped or not os.path.exists(report) or why is not None:
+            reason = why or ("no report of this run" if stamped else "not run this time")
+            failures.append(f"{run}: did not run: {reason}")
+            did_not_run += 1
+            rows.append((info.get("nginx", "?") if stamped else "?",
+                         info.get("distribution", "?") if stamped else "?",
+                         info.get("tomcat", "?") if stamped else "?",
+                         run, "-", "-", "did not run"))
+            continue
         if os.path.exists(report):
             for case in ET.parse(report).getroot().iter("testcase"):
                 suite = case.get("classname", "").rsplit("::", 1)[-1]
@@ -75,10 +104,18 @@ def main():
                         for j, (c, w) in enumerate(zip(row, widths))).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    total_failed = sum(r[5] for r in rows) + sum(1 for r in rows if r[4] == 0 and r[5] == 0)
-    print(f"\nversion matrix: {len(rows)} runs, "
-          f"{'all passed' if total_failed == 0 else f'{total_failed} failed'}")
+    counted = [r for r in rows if r[6] != "did not run"]
+    total_passed = sum(r[4] for r in counted)
+    total_failed = sum(r[5] for r in counted)
+    total_skipped = sum(r[6] for r in counted)
+    empty = sum(1 for r in counted if r[4] == 0 and r[5] == 0)
+    print(f"\nversion matrix: {len(rows)} runs, {did_not_run} did not run, "
+          f"{empty} ran no test")
+    # The closing line, in the form test tools read: what ran, nothing more.
+    print(f"{total_passed} passed, {total_failed + did_not_run + empty} failed, "
+          f"{total_skipped} skipped")
+    return 0 if total_failed + did_not_run + empty == 0 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
