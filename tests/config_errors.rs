@@ -852,3 +852,30 @@ fn every_example_configuration_passes_nginx_t() {
         eprintln!("{}: accepted", file.display());
     }
 }
+
+/// nginx 1.29.6+ has its own `sticky`; its per-request data is not round robin's, so an
+/// upstream with `jvm_route` refuses it, in either order (the README says so).
+#[test]
+fn nginx_sticky_is_refused_beside_jvm_route() {
+    if nginx_version() < 1_029_006 {
+        skip("nginx before 1.29.6 has no `sticky`");
+        return;
+    }
+    for lines in [
+        "sticky cookie srv_id;\n        jvm_route $cookie_JSESSIONID reverse;",
+        "jvm_route $cookie_JSESSIONID reverse;\n        sticky cookie srv_id;",
+    ] {
+        let conf = tomcats_with(lines);
+        let (output, path, _dir) = nginx_test_config(&conf);
+        assert!(!output.status.success(), "{lines}: {}", stderr(&output));
+        let emerg = logged(&output, "emerg");
+        assert_eq!(emerg.len(), 1, "{}", stderr(&output));
+        assert!(
+            emerg[0].starts_with("\"jvm_route\" cannot wrap the load balancing method")
+                && emerg[0].contains("in upstream \"tomcats\" in ")
+                && emerg[0].contains(&path.display().to_string()),
+            "{lines}: {}",
+            emerg[0]
+        );
+    }
+}

@@ -13,71 +13,54 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn conf(tomcats: &[Backend], params: &[&str], extra: &str) -> String {
-    format!(
-        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n        location = /control {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
-        upstream("tomcats", tomcats, params, &format!("{extra}        jvm_route $cookie_JSESSIONID reverse;\n"))
-    )
-}
-
-fn post(nginx: &Nginx, query: &str) -> Response {
-    let raw = format!(
-        "POST /control?{query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    raw_request(nginx.port, raw.as_bytes())
-}
-
 fn server(nginx: &Nginx, srun_id: &str) -> Value {
     status_server(nginx, "/status", srun_id)
-}
-
-/// New sessions per backend.
-fn new_sessions(nginx: &Nginx, n: usize) -> (usize, usize) {
-    let t = spread(nginx, n);
-    (t.get("tomcat01").copied().unwrap_or(0), t.get("tomcat02").copied().unwrap_or(0))
 }
 
 #[test]
 fn drain_removed_from_the_configuration_ends_at_the_reload() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let zone = "        zone tomcats 64k;\n";
-    let nginx = Nginx::start(2, &conf(&tomcats, &["drain"], zone));
+    let nginx = Nginx::start(2, &control_conf(&tomcats, &["drain"], zone));
     assert_eq!(server(&nginx, "tomcat01")["state"], "draining");
-    assert_eq!(new_sessions(&nginx, 10), (0, 10));
+    assert_eq!(spread_of_two(&nginx, 10), (0, 10));
 
-    nginx.reload_and_wait(&conf(&tomcats, &[], zone), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &[], zone), 2);
     let s = server(&nginx, "tomcat01");
     assert_eq!(s["state"], "up", "{s}");
-    let (a, b) = new_sessions(&nginx, 20);
+    let (a, b) = spread_of_two(&nginx, 20);
     assert!(a >= 8 && b >= 8, "new sessions go to both again: {a}:{b}");
 
     // And `drain` added by a reload is in force at once.
-    nginx.reload_and_wait(&conf(&tomcats, &["", "drain"], zone), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &["", "drain"], zone), 2);
     assert_eq!(server(&nginx, "tomcat02")["state"], "draining");
-    assert_eq!(new_sessions(&nginx, 10), (10, 0));
+    assert_eq!(spread_of_two(&nginx, 10), (10, 0));
     nginx.assert_no_crash();
 }
 
 #[test]
 fn an_operators_undrain_outlives_a_reload_that_leaves_the_line_alone() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let nginx = Nginx::start(2, &conf(&tomcats, &["drain"], ""));
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=undrain");
+    let nginx = Nginx::start(2, &control_conf(&tomcats, &["drain"], ""));
+    let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=undrain");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(server(&nginx, "tomcat01")["state"], "up");
 
     // A reload that changes another line keeps the operator's undrain.
-    nginx.reload_and_wait(&conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
     assert_eq!(server(&nginx, "tomcat01")["state"], "up");
-    let (a, b) = new_sessions(&nginx, 20);
+    let (a, b) = spread_of_two(&nginx, 20);
     assert!(a >= 8 && b >= 8, "{a}:{b}");
 
     // A runtime drain of a line the configuration does not drain survives a reload too, and
     // `undrain` takes it back.
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=drain").status, 200);
-    nginx.reload_and_wait(&conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
+    assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=drain").status, 200);
+    nginx.reload_and_wait(&control_conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
     assert_eq!(server(&nginx, "tomcat02")["state"], "draining");
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=undrain").status, 200);
+    assert_eq!(
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=undrain").status,
+        200
+    );
     assert_eq!(server(&nginx, "tomcat02")["state"], "up");
     nginx.assert_no_crash();
 }
@@ -85,24 +68,24 @@ fn an_operators_undrain_outlives_a_reload_that_leaves_the_line_alone() {
 #[test]
 fn up_is_refused_for_a_server_down_in_the_configuration() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let nginx = Nginx::start(1, &conf(&tomcats, &["down"], ""));
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=up");
+    let nginx = Nginx::start(1, &control_conf(&tomcats, &["down"], ""));
+    let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=up");
     assert_eq!(r.status, 409, "{r:?}");
     assert!(r.body.contains("\"down\" in the configuration"), "{}", r.body);
     assert_eq!(server(&nginx, "tomcat01")["state"], "down");
-    assert_eq!(new_sessions(&nginx, 6), (0, 6));
+    assert_eq!(spread_of_two(&nginx, 6), (0, 6));
 }
 
 #[test]
 fn every_row_of_a_draining_server_says_draining() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let nginx = Nginx::start(1, &conf(&tomcats, &["drain"], ""));
+    let nginx = Nginx::start(1, &control_conf(&tomcats, &["drain"], ""));
     let s = server(&nginx, "tomcat01");
     assert_eq!(s["state"], "draining");
     let peers = s["peers"].as_array().expect("peers");
     assert!(!peers.is_empty());
     assert!(peers.iter().all(|p| p["state"] == "draining"), "{s}");
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=down").status, 200);
+    assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=down").status, 200);
     let s = server(&nginx, "tomcat02");
     assert!(s["peers"].as_array().unwrap().iter().all(|p| p["state"] == "down"), "{s}");
 }
@@ -111,29 +94,40 @@ fn every_row_of_a_draining_server_says_draining() {
 fn a_runtime_weight_can_always_be_taken_back() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let zone = "        zone tomcats 64k;\n";
-    let nginx = Nginx::start(2, &conf(&tomcats, &[], zone));
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4");
+    let nginx = Nginx::start(2, &control_conf(&tomcats, &[], zone));
+    let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4");
     assert_eq!(r.status, 200, "{r:?}");
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
+    let r =
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: configured weight\n"));
     assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
-    let (a, b) = new_sessions(&nginx, 20);
+    let (a, b) = spread_of_two(&nginx, 20);
     assert!((8..=12).contains(&a) && a + b == 20, "{a}:{b}");
 
     // A reload to a method that reads weights only when its peers change, or without zone,
     // drops the runtime weight: the configured one is in force and shown.
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status, 200);
-    nginx.reload_and_wait(&conf(&tomcats, &[], &format!("{zone}        random;\n")), 2);
+    assert_eq!(
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status,
+        200
+    );
+    nginx.reload_and_wait(&control_conf(&tomcats, &[], &format!("{zone}        random;\n")), 2);
     assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
+    let r =
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
     assert_eq!(r.status, 200, "clearing is always allowed: {r:?}");
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status, 409);
+    assert_eq!(
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status,
+        409
+    );
 
-    nginx.reload_and_wait(&conf(&tomcats, &[], zone), 2);
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status, 200);
-    nginx.reload_and_wait(&conf(&tomcats, &[], ""), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &[], zone), 2);
+    assert_eq!(
+        control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=4").status,
+        200
+    );
+    nginx.reload_and_wait(&control_conf(&tomcats, &[], ""), 2);
     assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
-    let (a, b) = new_sessions(&nginx, 20);
+    let (a, b) = spread_of_two(&nginx, 20);
     assert!((8..=12).contains(&a) && a + b == 20, "{a}:{b}");
     nginx.assert_no_crash();
 }
@@ -141,7 +135,7 @@ fn a_runtime_weight_can_always_be_taken_back() {
 #[test]
 fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lost() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let nginx = Nginx::start(1, &conf(&tomcats, &[], ""));
+    let nginx = Nginx::start(1, &control_conf(&tomcats, &[], ""));
     assert!(eventually(10, || nginx.workers().len() == 1), "one worker");
     let old = nginx.workers();
 
@@ -164,7 +158,7 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
     }
     assert!(interim.starts_with(b"HTTP/1.1 100 "), "{}", String::from_utf8_lossy(&interim));
 
-    nginx.reload_with(&conf(&tomcats, &[], ""), 1);
+    nginx.reload_with(&control_conf(&tomcats, &[], ""), 1);
     assert!(
         eventually(10, || nginx.workers().iter().any(|p| !old.contains(p))),
         "the new worker runs"
@@ -186,13 +180,13 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
             assert_eq!(state(), "up");
             // A retry after `Retry-After` reaches a new worker (the old one stops listening as
             // soon as it is told to quit).
-            let mut r = post(&nginx, body);
+            let mut r = control_post(&nginx, body);
             for _ in 0..10 {
                 if r.status != 503 {
                     break;
                 }
                 std::thread::sleep(Duration::from_secs(1));
-                r = post(&nginx, body);
+                r = control_post(&nginx, body);
             }
             assert_eq!(r.status, 200, "{r:?}");
             assert_eq!(state(), "draining");

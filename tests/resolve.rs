@@ -28,26 +28,7 @@ impl Dns {
         let port = free_port();
         let mut dns = Dns { port, hosts, child: Command::new("true").spawn().unwrap(), _dir: dir };
         dns.set(entries);
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--local=/test/"])
-            .arg(format!("--addn-hosts={}", dns.hosts.display()))
-            .arg(format!("--port={port}"))
-            .args([
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--local-ttl=1",
-                "--pid-file=",
-            ]);
-        if running_as_root() {
-            cmd.arg("--user=root");
-        }
-        dns.child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq (Debian package dnsmasq-base)");
-        assert!(eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+        dns.child = dnsmasq(port, &[format!("--addn-hosts={}", dns.hosts.display())]);
         dns
     }
 
@@ -271,18 +252,14 @@ fn failover_modes_follow_a_resolve_server() {
     nginx.assert_no_crash();
 }
 
-/// dnsmasq answering SRV records `_http._tcp.app.test` with (target port, weight) pairs, each
-/// target named `bN.test` at 127.0.0.1.
-fn srv_dns(records: &[(u16, u16)]) -> (Child, u16) {
-    let port = free_port();
+/// dnsmasq on 127.0.0.1:`port` for the zone `test`, answering from `answers` (its options),
+/// running once it accepts connections.
+fn dnsmasq(port: u16, answers: &[String]) -> Child {
     let mut cmd = Command::new("dnsmasq");
     cmd.args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--local=/test/"])
+        .args(answers)
         .arg(format!("--port={port}"))
         .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--local-ttl=1", "--pid-file="]);
-    for (i, (target, weight)) in records.iter().enumerate() {
-        cmd.arg(format!("--host-record=b{i}.test,127.0.0.1"));
-        cmd.arg(format!("--srv-host=_http._tcp.app.test,b{i}.test,{target},0,{weight}"));
-    }
     if running_as_root() {
         cmd.arg("--user=root");
     }
@@ -293,7 +270,24 @@ fn srv_dns(records: &[(u16, u16)]) -> (Child, u16) {
         .spawn()
         .expect("start dnsmasq (Debian package dnsmasq-base)");
     assert!(eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
-    (child, port)
+    child
+}
+
+/// dnsmasq answering SRV records `_http._tcp.app.test` with (target port, weight) pairs, each
+/// target named `bN.test` at 127.0.0.1.
+fn srv_dns(records: &[(u16, u16)]) -> (Child, u16) {
+    let port = free_port();
+    let answers: Vec<String> = records
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (target, weight))| {
+            [
+                format!("--host-record=b{i}.test,127.0.0.1"),
+                format!("--srv-host=_http._tcp.app.test,b{i}.test,{target},0,{weight}"),
+            ]
+        })
+        .collect();
+    (dnsmasq(port, &answers), port)
 }
 
 /// `service=` takes its weights from the SRV records: with `jvm_route` the spread is the same

@@ -391,6 +391,7 @@ fn every_reply_says_its_type_and_runs_nothing() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("application/json; charset=utf-8"), "{head}");
     assert!(head.ends_with("\r\n\r\n"), "no body after the header: {head}");
+    nginx.assert_no_crash();
 }
 
 #[test]

@@ -7,38 +7,19 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn conf(tomcats: &[Backend], params: &[&str], extra: &str) -> String {
-    format!(
-        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n        location = /control {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
-        upstream("tomcats", tomcats, params, &format!("{extra}        jvm_route $cookie_JSESSIONID reverse;\n"))
-    )
-}
-
-fn post(nginx: &Nginx, query: &str) -> Response {
-    let raw = format!(
-        "POST /control?{query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    raw_request(nginx.port, raw.as_bytes())
-}
-
 fn server(nginx: &Nginx, srun_id: &str) -> Value {
     status_server(nginx, "/status", srun_id)
-}
-
-fn spread_of_two(nginx: &Nginx, n: usize) -> (usize, usize) {
-    let t = spread(nginx, n);
-    (t.get("tomcat01").copied().unwrap_or(0), t.get("tomcat02").copied().unwrap_or(0))
 }
 
 #[test]
 fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let zone = "        zone tomcats 64k;\n";
-    let nginx = Nginx::start(2, &conf(&tomcats, &[], zone));
+    let nginx = Nginx::start(2, &control_conf(&tomcats, &[], zone));
     let (a, b) = spread_of_two(&nginx, 40);
     assert!((18..=22).contains(&a) && a + b == 40, "{a}:{b}");
 
-    let r = post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=3");
+    let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=3");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: weight 3\n"), "{r:?}");
     let s = server(&nginx, "tomcat01");
     assert_eq!((s["weight"].as_u64(), s["configured_weight"].as_u64()), (Some(3), Some(1)));
@@ -54,17 +35,19 @@ fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
 
     // Bad values change nothing.
     for value in ["0", "1001", "x", "", "-1", "2.5"] {
-        let r =
-            post(&nginx, &format!("upstream=tomcats&srun_id=tomcat01&action=weight&value={value}"));
+        let r = control_post(
+            &nginx,
+            &format!("upstream=tomcats&srun_id=tomcat01&action=weight&value={value}"),
+        );
         assert_eq!(r.status, 400, "{value}: {r:?}");
     }
-    assert_eq!(post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight").status, 400);
+    assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight").status, 400);
     assert_eq!(server(&nginx, "tomcat01")["weight"], 3);
 
     // A reload with the same servers keeps it; one that changes the configured weight drops it.
-    nginx.reload_and_wait(&conf(&tomcats, &[], zone), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &[], zone), 2);
     assert_eq!(server(&nginx, "tomcat01")["weight"], 3);
-    nginx.reload_and_wait(&conf(&tomcats, &["weight=2"], zone), 2);
+    nginx.reload_and_wait(&control_conf(&tomcats, &["weight=2"], zone), 2);
     assert_eq!(server(&nginx, "tomcat01")["configured_weight"], 2);
     assert_eq!(
         server(&nginx, "tomcat01")["weight"],
@@ -82,8 +65,8 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let query = "upstream=tomcats&srun_id=tomcat01&action=weight&value=5";
     // Without zone every worker has its own peers.
-    let nginx = Nginx::start(1, &conf(&tomcats, &[], ""));
-    let r = post(&nginx, query);
+    let nginx = Nginx::start(1, &control_conf(&tomcats, &[], ""));
+    let r = control_post(&nginx, query);
     assert_eq!(r.status, 409, "{r:?}");
     assert!(r.body.contains("zone"), "{}", r.body);
     drop(nginx);
@@ -91,9 +74,9 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
     for method in ["random;", "hash $request_uri consistent;"] {
         let nginx = Nginx::start(
             1,
-            &conf(&tomcats, &[], &format!("        zone tomcats 64k;\n        {method}\n")),
+            &control_conf(&tomcats, &[], &format!("        zone tomcats 64k;\n        {method}\n")),
         );
-        let r = post(&nginx, query);
+        let r = control_post(&nginx, query);
         assert_eq!(r.status, 409, "{method}: {r:?}");
         assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
     }
@@ -101,10 +84,10 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
     for method in ["least_conn;", "hash $request_uri;", "ip_hash;"] {
         let nginx = Nginx::start(
             2,
-            &conf(&tomcats, &[], &format!("        zone tomcats 64k;\n        {method}\n")),
+            &control_conf(&tomcats, &[], &format!("        zone tomcats 64k;\n        {method}\n")),
         );
         let before = method_spread(&nginx, method, 120);
-        assert_eq!(post(&nginx, query).status, 200, "{method}");
+        assert_eq!(control_post(&nginx, query).status, 200, "{method}");
         assert_eq!(server(&nginx, "tomcat01")["weight"], 5);
         let after = method_spread(&nginx, method, 120);
         // 1:1, then 5:1 (100 of 120 expected; hashes are not exact, hence the margins).

@@ -483,9 +483,13 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
         }
     }
     lcf.status = Some(status);
-    // SAFETY: `cf` is valid.
+    // SAFETY: `cf` is valid and inside a location, whose server configuration is its server's.
+    let cscf = NgxHttpCoreModule::server_conf(unsafe { &*cf })
+        .map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: as above.
     if let Some(main) = Module::main_conf_mut(unsafe { &*cf }) {
         main.has_status = true;
+        main.status_servers.push((std::ptr::from_mut(lcf), cscf));
     }
 
     // SAFETY: `cf` is inside a location, whose core configuration takes the content handler.

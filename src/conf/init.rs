@@ -41,6 +41,10 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
     // SAFETY: `upstreams` is an array of `ngx_http_upstream_srv_conf_t *`.
     let upstreams = unsafe { umcf.upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>() };
 
+    // SAFETY: the locations and their servers' configurations were made while this `http {}`
+    // block was read; nginx's list of server names is still in its temporary pool now.
+    unsafe { copy_server_names(main) };
+
     let mut layout = Layout::new(Vec::new(), Vec::new());
     for &uscf_ptr in upstreams {
         // SAFETY: every element is a valid upstream configuration.
@@ -172,6 +176,40 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         }
     }
     ngx::core::NGX_CONF_OK
+}
+
+/// Copies the exact `server_name`s of each status location's server block into its
+/// `StatusConf` (the Host check of the status location reads them at run time).
+///
+/// # Safety
+/// Called at the end of the `http {}` block, whose configuration the pointers of
+/// `main.status_servers` belong to.
+unsafe fn copy_server_names(main: &mut MainConf) {
+    use ngx::ffi::ngx_http_server_name_t;
+    for &(lcf, cscf) in &main.status_servers {
+        // SAFETY: per the function contract.
+        let (Some(lcf), Some(cscf)) = (unsafe { lcf.as_mut() }, unsafe { cscf.as_ref() }) else {
+            continue;
+        };
+        let Some(status) = lcf.status.as_mut() else { continue };
+        // SAFETY: per the function contract: an array of `ngx_http_server_name_t`, alive while
+        // the configuration is read.
+        let names = unsafe { cscf.server_names.as_slice::<ngx_http_server_name_t>() };
+        status.server_names = names
+            .iter()
+            .filter(|n| n.regex.is_null())
+            // SAFETY: as above.
+            .map(|n| unsafe { crate::ffi::bytes(n.name) })
+            .filter(|n| {
+                !n.is_empty()
+                    && !n.starts_with(b"*")
+                    && !n.starts_with(b".")
+                    && !n.starts_with(b"~")
+                    && !n.ends_with(b"*")
+            })
+            .map(|n| n.to_ascii_lowercase().into_boxed_slice())
+            .collect();
+    }
 }
 
 /// Why the route cookie that `jvm_route_cookie` sets (`NAME=.srun_id`) could never route a

@@ -117,6 +117,9 @@ pub struct MainConf {
     status_names: Vec<(Box<[u8]>, String, usize)>,
     /// Whether some location has `jvm_route_status` (its form bodies are limited while read).
     pub has_status: bool,
+    /// Every location with `jvm_route_status`, with its server block's core configuration:
+    /// the server's names are copied into the location's `StatusConf` at the end of `http {}`.
+    pub status_servers: Vec<(*mut LocationConf, *const ngx::ffi::ngx_http_core_srv_conf_t)>,
 }
 
 impl MainConf {
@@ -135,6 +138,10 @@ pub struct StatusConf {
     pub upstream: Option<Box<[u8]>>,
     /// Whether POST requests may drain, undrain, mark down and up.
     pub control: bool,
+    /// The exact `server_name`s of the location's server block (no wildcard, no regular
+    /// expression), copied at the end of `http {}`: nginx keeps its own list in the
+    /// configuration's temporary pool, gone once the configuration is read.
+    pub server_names: Vec<Box<[u8]>>,
 }
 
 /// This module's configuration of a location.

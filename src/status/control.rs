@@ -46,7 +46,7 @@ pub(super) unsafe fn respond(
     body: Option<&[u8]>,
 ) -> ngx_int_t {
     // SAFETY: per the function contract.
-    if let Some((status, text)) = unsafe { super::refusal(r, true) } {
+    if let Some((status, text)) = unsafe { super::refusal(r, conf, true) } {
         // SAFETY: as above.
         return unsafe { send(r, status, TEXT, text.as_bytes(), &[]) };
     }

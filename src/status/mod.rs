@@ -18,13 +18,11 @@ use std::collections::HashMap;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_http_server_name_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_str_t, ngx_time, time_t, NGX_HTTP_GET,
-    NGX_HTTP_HEAD, NGX_HTTP_POST,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_srv_conf_t,
+    ngx_int_t, ngx_str_t, ngx_time, time_t, NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_LAST, NGX_HTTP_POST,
 };
-use ngx::http::{
-    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, Request,
-};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Request};
 
 use crate::conf::{server_name, servers, upstream_name, MainConf, StatusConf, UpstreamConf};
 use crate::ffi::{self, bytes, lossy, str_bytes};
@@ -132,7 +130,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return unsafe { control::respond(r, conf, main, None) };
     }
     // SAFETY: `r` is live.
-    if let Some((status, text)) = unsafe { refusal(r, false) } {
+    if let Some((status, text)) = unsafe { refusal(r, conf, false) } {
         // SAFETY: `r` is live.
         return unsafe { send(r, status, TEXT, text.as_bytes(), &[]) };
     }
@@ -214,12 +212,14 @@ pub(super) unsafe fn bad_path(r: *mut ngx_http_request_t) -> ngx_int_t {
 
 /// A request that must not be answered, and why: a control request (`control`), or any
 /// request that a browser marks as such (`Origin`, `Sec-Fetch-*`), whose `Host` is a name that
-/// is not this server's (DNS rebinding: [`origin::host_allowed`]).
+/// is not this server's (DNS rebinding: [`origin::host_allowed`]; the server's exact names were
+/// copied into `conf` with the configuration).
 ///
 /// # Safety
 /// `r` must be a live request.
 pub(super) unsafe fn refusal(
     r: *mut ngx_http_request_t,
+    conf: &StatusConf,
     control: bool,
 ) -> Option<(usize, &'static str)> {
     // SAFETY: per the function contract.
@@ -230,8 +230,7 @@ pub(super) unsafe fn refusal(
     }
     // SAFETY: as above; nginx keeps the validated, lower-case host without its port here.
     let host = unsafe { bytes((*r).headers_in.server) };
-    // SAFETY: as above.
-    let names = unsafe { server_names(r) };
+    let names: Vec<&[u8]> = conf.server_names.iter().map(|n| &n[..]).collect();
     if origin::host_allowed(host, &names) {
         return None;
     }
@@ -240,32 +239,6 @@ pub(super) unsafe fn refusal(
         "refused: the Host names neither this server (server_name) nor an address; nothing was \
          changed\n",
     ))
-}
-
-/// The exact names of the request's server block (`server_name`), without wildcard and
-/// regular-expression names.
-///
-/// # Safety
-/// `r` must be a live request.
-unsafe fn server_names<'r>(r: *mut ngx_http_request_t) -> Vec<&'r [u8]> {
-    // SAFETY: per the function contract.
-    let request = unsafe { Request::from_ngx_http_request(r) };
-    let Some(cscf) = NgxHttpCoreModule::server_conf(request) else { return Vec::new() };
-    // SAFETY: `server_names` is an array of `ngx_http_server_name_t`, configuration memory.
-    let names = unsafe { cscf.server_names.as_slice::<ngx_http_server_name_t>() };
-    names
-        .iter()
-        .filter(|n| n.regex.is_null())
-        // SAFETY: a name lives as long as the configuration.
-        .map(|n| unsafe { bytes::<'r>(n.name) })
-        .filter(|n| {
-            !n.is_empty()
-                && !n.starts_with(b"*")
-                && !n.starts_with(b".")
-                && !n.starts_with(b"~")
-                && !n.ends_with(b"*")
-        })
-        .collect()
 }
 
 /// The request's scheme.
@@ -530,6 +503,12 @@ pub(super) unsafe fn send(
         let rc = ngx_http_send_header(r);
         if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || (*r).header_only() != 0 {
             return rc;
+        }
+        if body.is_empty() {
+            // Nothing to send (a HEAD request): the end of the response alone, as nginx's own
+            // handlers do (an empty memory buffer is an error to nginx's writer).
+            let last = if (*r).main == r { NGX_HTTP_LAST } else { NGX_HTTP_FLUSH };
+            return ngx::ffi::ngx_http_send_special(r, last as ngx::ffi::ngx_uint_t);
         }
         let buf: *mut ngx_buf_t = ngx_create_temp_buf((*r).pool, body.len().max(1));
         if buf.is_null() {

@@ -608,6 +608,30 @@ pub fn nginx_version() -> u64 {
     }
 }
 
+/// An `http {}` block with the upstream `tomcats` (one server per backend, `params` on each,
+/// `extra` lines before `jvm_route $cookie_JSESSIONID reverse;`), proxied at `/`, its status
+/// page at `/status` and its control location at `/control`.
+pub fn control_conf(tomcats: &[Backend], params: &[&str], extra: &str) -> String {
+    format!(
+        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n        location = /control {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
+        upstream("tomcats", tomcats, params, &format!("{extra}        jvm_route $cookie_JSESSIONID reverse;\n"))
+    )
+}
+
+/// A control POST to `/control?QUERY`, as curl sends it.
+pub fn control_post(nginx: &Nginx, query: &str) -> Response {
+    let raw = format!(
+        "POST /control?{query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    raw_request(nginx.port, raw.as_bytes())
+}
+
+/// New sessions of `n` sessionless requests on tomcat01 and tomcat02.
+pub fn spread_of_two(nginx: &Nginx, n: usize) -> (usize, usize) {
+    let t = spread(nginx, n);
+    (t.get("tomcat01").copied().unwrap_or(0), t.get("tomcat02").copied().unwrap_or(0))
+}
+
 /// The status page's JSON of the server with `srun_id` in the first upstream, from `path`.
 pub fn status_server(nginx: &Nginx, path: &str, srun_id: &str) -> serde_json::Value {
     let r = nginx.get(&format!("{path}?format=json"));

@@ -65,7 +65,7 @@ def main():
             rows.append((info.get("nginx", "?") if stamped else "?",
                          info.get("distribution", "?") if stamped else "?",
                          info.get("tomcat", "?") if stamped else "?",
-                         run, "-", "-", "did not run"))
+                         run, "-", "-", "did not run", "-"))
             continue
         if os.path.exists(report):
             for case in ET.parse(report).getroot().iter("testcase"):
@@ -84,10 +84,15 @@ def main():
                     passed += 1
         else:
             failures.append(f"{run}: no results (the run did not start)")
+        started = read(os.path.join(matrix, run, "started"))
+        wall = "?"
+        if started and started.isdigit():
+            seconds = max(0, int(os.path.getmtime(report)) - int(started))
+            wall = f"{seconds // 60} min {seconds % 60:02d} s"
         rows.append((info.get("nginx", "?"), info.get("distribution", "?"),
-                     info.get("tomcat", "?"), run, passed, failed, skipped))
+                     info.get("tomcat", "?"), run, passed, failed, skipped, wall))
 
-    header = ("nginx", "distribution", "Tomcat", "run", "passed", "failed", "skipped")
+    header = ("nginx", "distribution", "Tomcat", "run", "passed", "failed", "skipped", "time")
     table = [header] + [tuple(str(c) for c in row) for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     if notes:
