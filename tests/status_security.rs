@@ -456,18 +456,13 @@ fn a_control_post_over_http2_is_obeyed() {
     let url = format!("http://127.0.0.1:{}/jvm-route/", nginx.port);
     let curl = |args: &[&str]| {
         let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "--http2-prior-knowledge",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_version} %{http_code}",
-            ])
+            .args(["-sS", "--max-time", "10", "--http2-prior-knowledge", "-o", "-"])
+            .args(["-w", "\n%{http_version} %{http_code}"])
             .args(args)
             .output()
             .expect("curl (Debian package curl, with HTTP/2) is needed for this test");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        // What curl said (its errors too, first), for the assertions' messages.
+        format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
     };
     let form = curl(&["-d", "upstream=app&srun_id=b&action=drain", &url]);
     assert!(form.ends_with("\n2 200"), "{form}");

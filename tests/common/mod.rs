@@ -279,24 +279,40 @@ impl Nginx {
     /// Writes `main_preamble(workers)` + `http_conf` (the whole `http {}` block, with `{port}`
     /// standing for the proxy's listen port), checks it with `nginx -t` and starts nginx.
     pub fn start(workers: usize, http_conf: &str) -> Nginx {
-        let port = free_port();
-        let dir = TempDir::new("proxy");
-        fs::write(dir.path().join("nginx.conf"), compose(workers, http_conf, port))
-            .expect("write nginx.conf");
-        let test = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
-        assert!(
-            test.status.success(),
-            "nginx -t failed:\n{}",
-            String::from_utf8_lossy(&test.stderr)
-        );
-        let child = nginx_command(dir.path(), &[])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        wait_for_port(port, true);
-        Nginx { port, dir, child: Some(child) }
+        // Another test process may take the port between `free_port` and nginx's bind: then
+        // this nginx exits, and it is started again on another port.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = TempDir::new("proxy");
+            fs::write(dir.path().join("nginx.conf"), compose(workers, http_conf, port))
+                .expect("write nginx.conf");
+            let test = nginx_command(dir.path(), &["-t"]).output().expect("run nginx -t");
+            assert!(
+                test.status.success(),
+                "nginx -t failed:\n{}",
+                String::from_utf8_lossy(&test.stderr)
+            );
+            let mut child = nginx_command(dir.path(), &[])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nginx");
+            // nginx writes its pid file once its listening sockets are bound; a master that
+            // could not bind exits instead.
+            let pid_file = dir.path().join("logs/nginx.pid");
+            let started =
+                eventually(10, || pid_file.exists() || child.try_wait().ok().flatten().is_some());
+            if started && child.try_wait().ok().flatten().is_none() {
+                wait_for_port(port, true);
+                return Nginx { port, dir, child: Some(child) };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = fs::read_to_string(dir.path().join("logs/error.log")).unwrap_or_default();
+        }
+        panic!("nginx did not start:\n{last_log}");
     }
 
     pub fn dir(&self) -> &Path {
