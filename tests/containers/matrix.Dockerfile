@@ -20,5 +20,6 @@ ARG TOMCAT=tomcat10
 # hadolint ignore=DL3008,DL3009
 RUN apt-get update \
     && apt-get install -y -q --no-install-recommends \
-        ca-certificates chromium chromium-driver curl dnsmasq-base gettext-base procps python3 \
+        ca-certificates chromium chromium-driver curl dnsmasq-base gettext-base nghttp2-client \
+        procps python3 \
         python3-prometheus-client "${TOMCAT}-user"
