@@ -7,33 +7,27 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-fn server(nginx: &Nginx, srun_id: &str) -> Value {
-    status_server(nginx, "/status", srun_id)
-}
 
 #[test]
 fn drain_removed_from_the_configuration_ends_at_the_reload() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let zone = "        zone tomcats 64k;\n";
     let nginx = Nginx::start(2, &control_conf(&tomcats, &["drain"], zone));
-    assert_eq!(server(&nginx, "tomcat01")["state"], "draining");
+    assert_eq!(server_row(&nginx, "tomcat01")["state"], "draining");
     assert_eq!(spread_of_two(&nginx, 10), (0, 10));
 
     nginx.reload_and_wait(&control_conf(&tomcats, &[], zone), 2);
-    let s = server(&nginx, "tomcat01");
+    let s = server_row(&nginx, "tomcat01");
     assert_eq!(s["state"], "up", "{s}");
     let (a, b) = spread_of_two(&nginx, 20);
     assert!(a >= 8 && b >= 8, "new sessions go to both again: {a}:{b}");
 
     // And `drain` added by a reload is in force at once.
     nginx.reload_and_wait(&control_conf(&tomcats, &["", "drain"], zone), 2);
-    assert_eq!(server(&nginx, "tomcat02")["state"], "draining");
+    assert_eq!(server_row(&nginx, "tomcat02")["state"], "draining");
     assert_eq!(spread_of_two(&nginx, 10), (10, 0));
     nginx.assert_no_crash();
 }
@@ -44,11 +38,11 @@ fn an_operators_undrain_outlives_a_reload_that_leaves_the_line_alone() {
     let nginx = Nginx::start(2, &control_conf(&tomcats, &["drain"], ""));
     let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=undrain");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(server(&nginx, "tomcat01")["state"], "up");
+    assert_eq!(server_row(&nginx, "tomcat01")["state"], "up");
 
     // A reload that changes another line keeps the operator's undrain.
     nginx.reload_and_wait(&control_conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
-    assert_eq!(server(&nginx, "tomcat01")["state"], "up");
+    assert_eq!(server_row(&nginx, "tomcat01")["state"], "up");
     let (a, b) = spread_of_two(&nginx, 20);
     assert!(a >= 8 && b >= 8, "{a}:{b}");
 
@@ -56,12 +50,12 @@ fn an_operators_undrain_outlives_a_reload_that_leaves_the_line_alone() {
     // `undrain` takes it back.
     assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=drain").status, 200);
     nginx.reload_and_wait(&control_conf(&tomcats, &["drain", "weight=1 max_fails=3"], ""), 2);
-    assert_eq!(server(&nginx, "tomcat02")["state"], "draining");
+    assert_eq!(server_row(&nginx, "tomcat02")["state"], "draining");
     assert_eq!(
         control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=undrain").status,
         200
     );
-    assert_eq!(server(&nginx, "tomcat02")["state"], "up");
+    assert_eq!(server_row(&nginx, "tomcat02")["state"], "up");
     nginx.assert_no_crash();
 }
 
@@ -72,21 +66,32 @@ fn up_is_refused_for_a_server_down_in_the_configuration() {
     let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=up");
     assert_eq!(r.status, 409, "{r:?}");
     assert!(r.body.contains("\"down\" in the configuration"), "{}", r.body);
-    assert_eq!(server(&nginx, "tomcat01")["state"], "down");
+    assert_eq!(server_row(&nginx, "tomcat01")["state"], "down");
     assert_eq!(spread_of_two(&nginx, 6), (0, 6));
+    drop(nginx);
+
+    // Two lines share the srun_id, the second `down` in the configuration: a refused `up`
+    // changes neither (the first keeps its runtime `down`).
+    let tomcats = backends(&["tomcat01", "tomcat01", "tomcat02"]);
+    let nginx = Nginx::start(1, &control_conf(&tomcats, &["", "down"], ""));
+    assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=down").status, 200);
+    let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=up");
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(server_row(&nginx, "tomcat01")["state"], "down", "the first line changed");
+    nginx.assert_no_crash();
 }
 
 #[test]
 fn every_row_of_a_draining_server_says_draining() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
     let nginx = Nginx::start(1, &control_conf(&tomcats, &["drain"], ""));
-    let s = server(&nginx, "tomcat01");
+    let s = server_row(&nginx, "tomcat01");
     assert_eq!(s["state"], "draining");
     let peers = s["peers"].as_array().expect("peers");
     assert!(!peers.is_empty());
     assert!(peers.iter().all(|p| p["state"] == "draining"), "{s}");
     assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=down").status, 200);
-    let s = server(&nginx, "tomcat02");
+    let s = server_row(&nginx, "tomcat02");
     assert!(s["peers"].as_array().unwrap().iter().all(|p| p["state"] == "down"), "{s}");
 }
 
@@ -100,7 +105,7 @@ fn a_runtime_weight_can_always_be_taken_back() {
     let r =
         control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: configured weight\n"));
-    assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
+    assert_eq!(server_row(&nginx, "tomcat01")["weight"], 1);
     let (a, b) = spread_of_two(&nginx, 20);
     assert!((8..=12).contains(&a) && a + b == 20, "{a}:{b}");
 
@@ -111,7 +116,7 @@ fn a_runtime_weight_can_always_be_taken_back() {
         200
     );
     nginx.reload_and_wait(&control_conf(&tomcats, &[], &format!("{zone}        random;\n")), 2);
-    assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
+    assert_eq!(server_row(&nginx, "tomcat01")["weight"], 1);
     let r =
         control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=configured");
     assert_eq!(r.status, 200, "clearing is always allowed: {r:?}");
@@ -126,7 +131,7 @@ fn a_runtime_weight_can_always_be_taken_back() {
         200
     );
     nginx.reload_and_wait(&control_conf(&tomcats, &[], ""), 2);
-    assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
+    assert_eq!(server_row(&nginx, "tomcat01")["weight"], 1);
     let (a, b) = spread_of_two(&nginx, 20);
     assert!((8..=12).contains(&a) && a + b == 20, "{a}:{b}");
     nginx.assert_no_crash();
@@ -141,22 +146,15 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
 
     // The headers of a control POST reach the old worker; its body comes after the reload.
     let body = "upstream=tomcats&srun_id=tomcat01&action=drain";
-    let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST /control HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).unwrap();
+    let mut stream = send_head(nginx.port, &head);
     // nginx says "100 Continue" when it starts reading the body: the (only, old) worker holds
     // the request.
-    let mut interim = Vec::new();
-    let mut byte = [0u8; 1];
-    while !interim.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).expect("read the interim response"), 1);
-        interim.push(byte[0]);
-    }
-    assert!(interim.starts_with(b"HTTP/1.1 100 "), "{}", String::from_utf8_lossy(&interim));
+    let interim = read_head(&mut stream);
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
 
     nginx.reload_with(&control_conf(&tomcats, &[], ""), 1);
     assert!(
@@ -171,7 +169,7 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
 
     // Either the change is in the running configuration, or it was refused with a status that
     // says to try again; never a 200 for a change that is gone.
-    let state = || server(&nginx, "tomcat01")["state"].as_str().unwrap_or("").to_owned();
+    let state = || server_row(&nginx, "tomcat01")["state"].as_str().unwrap_or("").to_owned();
     match status {
         "200" => assert_eq!(state(), "draining", "acknowledged, so applied: {reply}"),
         "503" => {

@@ -397,24 +397,13 @@ fn every_reply_says_its_type_and_runs_nothing() {
 #[test]
 fn a_chunked_form_is_refused_as_soon_as_it_is_too_large() {
     let nginx = start_prefix(&backends(&["a"]), "");
-    let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let chunk = "x".repeat(5000);
     // The first chunk passes 4 KB; the body never ends.
     let head = format!(
         "POST /jvm-route/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
         chunk.len()
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&data).contains("\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-        }
-    }
-    let reply = String::from_utf8_lossy(&data);
+    let reply = read_head(&mut send_head(nginx.port, &head));
     assert!(reply.starts_with("HTTP/1.1 413"), "refused before the body ended: {reply}");
     assert_eq!(state_of(&nginx, "a"), "up");
     nginx.assert_no_crash();
@@ -424,20 +413,13 @@ fn a_chunked_form_is_refused_as_soon_as_it_is_too_large() {
 fn a_form_sent_after_100_continue_is_obeyed() {
     let nginx = start_prefix(&backends(&["a", "b"]), "");
     let form = "upstream=app&srun_id=b&action=drain";
-    let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
         "POST /jvm-route/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         form.len()
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut interim = [0u8; 25];
-    stream.read_exact(&mut interim).unwrap();
-    assert!(
-        interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
-        "{:?}",
-        String::from_utf8_lossy(&interim)
-    );
+    let mut stream = send_head(nginx.port, &head);
+    let interim = read_head(&mut stream);
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(form.as_bytes()).unwrap();
     let mut rest = String::new();
     let _ = stream.read_to_string(&mut rest);

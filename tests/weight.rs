@@ -5,11 +5,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
-
-fn server(nginx: &Nginx, srun_id: &str) -> Value {
-    status_server(nginx, "/status", srun_id)
-}
 
 #[test]
 fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
@@ -21,7 +16,7 @@ fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
 
     let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight&value=3");
     assert_eq!((r.status, r.body.as_str()), (200, "tomcat01 in tomcats: weight 3\n"), "{r:?}");
-    let s = server(&nginx, "tomcat01");
+    let s = server_row(&nginx, "tomcat01");
     assert_eq!((s["weight"].as_u64(), s["configured_weight"].as_u64()), (Some(3), Some(1)));
     let (a, b) = spread_of_two(&nginx, 40);
     assert!((28..=32).contains(&a) && a + b == 40, "{a}:{b}");
@@ -42,15 +37,15 @@ fn a_runtime_weight_applies_to_all_workers_and_survives_a_reload() {
         assert_eq!(r.status, 400, "{value}: {r:?}");
     }
     assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=weight").status, 400);
-    assert_eq!(server(&nginx, "tomcat01")["weight"], 3);
+    assert_eq!(server_row(&nginx, "tomcat01")["weight"], 3);
 
     // A reload with the same servers keeps it; one that changes the configured weight drops it.
     nginx.reload_and_wait(&control_conf(&tomcats, &[], zone), 2);
-    assert_eq!(server(&nginx, "tomcat01")["weight"], 3);
+    assert_eq!(server_row(&nginx, "tomcat01")["weight"], 3);
     nginx.reload_and_wait(&control_conf(&tomcats, &["weight=2"], zone), 2);
-    assert_eq!(server(&nginx, "tomcat01")["configured_weight"], 2);
+    assert_eq!(server_row(&nginx, "tomcat01")["configured_weight"], 2);
     assert_eq!(
-        server(&nginx, "tomcat01")["weight"],
+        server_row(&nginx, "tomcat01")["weight"],
         2,
         "{}",
         nginx.get("/status?format=json").body
@@ -78,7 +73,7 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
         );
         let r = control_post(&nginx, query);
         assert_eq!(r.status, 409, "{method}: {r:?}");
-        assert_eq!(server(&nginx, "tomcat01")["weight"], 1);
+        assert_eq!(server_row(&nginx, "tomcat01")["weight"], 1);
     }
     // Methods that read them on every request take it: their traffic follows the new weight.
     for method in ["least_conn;", "hash $request_uri;", "ip_hash;"] {
@@ -88,7 +83,7 @@ fn a_runtime_weight_is_refused_where_it_could_not_apply() {
         );
         let before = method_spread(&nginx, method, 120);
         assert_eq!(control_post(&nginx, query).status, 200, "{method}");
-        assert_eq!(server(&nginx, "tomcat01")["weight"], 5);
+        assert_eq!(server_row(&nginx, "tomcat01")["weight"], 5);
         let after = method_spread(&nginx, method, 120);
         // 1:1, then 5:1 (100 of 120 expected; hashes are not exact, hence the margins).
         assert!((40..=80).contains(&before.0), "{method} before: {before:?}");

@@ -296,12 +296,10 @@ fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String)
         return (404, format!("no upstream \"{}\" with jvm_route here\n", lossy(upstream_name)));
     };
     // SAFETY: `uscf` is nginx's.
-    let lines = unsafe { servers(uscf) }.len();
-    let slots: Vec<usize> = (0..lines)
-        .filter(|&line| ucf.srun_id(line) == Some(srun_id))
-        .map(|line| ucf.slot_base + line)
-        .collect();
-    if slots.is_empty() {
+    let server_lines = unsafe { servers(uscf) };
+    let lines: Vec<usize> =
+        (0..server_lines.len()).filter(|&line| ucf.srun_id(line) == Some(srun_id)).collect();
+    if lines.is_empty() {
         return (
             404,
             format!(
@@ -313,33 +311,40 @@ fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String)
     }
     let done = match change {
         Change::Marks(action, word) => {
+            // Every line's change is decided before any is made: a refusal changes nothing.
+            let changes: Result<Vec<(usize, u64, u64)>, Refusal> = lines
+                .iter()
+                .map(|&line| {
+                    let slot = ucf.slot_base + line;
+                    marks::change(stats.configured(slot), action)
+                        .map(|(set, clear)| (slot, set, clear))
+                })
+                .collect();
+            let Ok(changes) = changes else {
+                return (
+                    409,
+                    format!(
+                        "{} in {} is \"down\" in the configuration: remove \"down\" from its \
+                         server line and reload\n",
+                        lossy(srun_id),
+                        lossy(upstream_name)
+                    ),
+                );
+            };
             let mut result = Ok(());
-            for &slot in &slots {
-                let (set, clear) = match marks::change(stats.configured(slot), action) {
-                    Ok(change) => change,
-                    Err(Refusal::DownInConfiguration) => {
-                        return (
-                            409,
-                            format!(
-                                "{} in {} is \"down\" in the configuration: remove \"down\" \
-                                 from its server line and reload\n",
-                                lossy(srun_id),
-                                lossy(upstream_name)
-                            ),
-                        );
-                    }
-                };
+            for (slot, set, clear) in changes {
                 result = result.and(stats.set_state(slot, set, clear));
             }
             result.map(|()| word.to_string())
         }
         Change::Weight(weight) => {
-            if let Some(refused) = weight.and_then(|_| weight_refusal(uscf, ucf, &slots)) {
+            let refused = weight.and_then(|_| weight_refusal(uscf, ucf, server_lines, &lines));
+            if let Some(refused) = refused {
                 return (409, format!("upstream \"{}\" {refused}\n", lossy(upstream_name)));
             }
             let mut result = Ok(());
-            for &slot in &slots {
-                result = result.and(stats.set_weight(slot, weight));
+            for &line in &lines {
+                result = result.and(stats.set_weight(ucf.slot_base + line, weight));
             }
             result.map(|()| weight.map_or("configured weight".into(), |w| format!("weight {w}")))
         }
@@ -355,11 +360,13 @@ fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String)
     (200, format!("{} in {}: {word}\n", lossy(srun_id), lossy(upstream_name)))
 }
 
-/// Why the server lines at `slots` cannot take a runtime weight, if they cannot.
+/// Why the server lines `lines` (indices into `servers`, the upstream's) cannot take a runtime
+/// weight, if they cannot.
 fn weight_refusal(
     uscf: &ngx::ffi::ngx_http_upstream_srv_conf_t,
     ucf: &crate::conf::UpstreamConf,
-    slots: &[usize],
+    servers: &[ngx::ffi::ngx_http_upstream_server_t],
+    lines: &[usize],
 ) -> Option<String> {
     if !ffi::can_change(uscf) {
         return Some(
@@ -374,11 +381,7 @@ fn weight_refusal(
              runtime weight would not apply"
         ));
     }
-    // SAFETY: `uscf` is nginx's.
-    let lines = unsafe { servers(uscf) };
-    let srv = slots
-        .iter()
-        .any(|&slot| lines.get(slot - ucf.slot_base).is_some_and(ffi::server_has_service));
+    let srv = lines.iter().any(|&line| servers.get(line).is_some_and(ffi::server_has_service));
     srv.then(|| {
         "takes this server's weights from DNS SRV records (\"service=\"): change them there".into()
     })

@@ -230,8 +230,7 @@ pub(super) unsafe fn refusal(
     }
     // SAFETY: as above; nginx keeps the validated, lower-case host without its port here.
     let host = unsafe { bytes((*r).headers_in.server) };
-    let names: Vec<&[u8]> = conf.server_names.iter().map(|n| &n[..]).collect();
-    if origin::host_allowed(host, &names) {
+    if origin::host_allowed(host, &conf.server_names) {
         return None;
     }
     Some((

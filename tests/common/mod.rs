@@ -468,6 +468,34 @@ pub fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
     raw_request(port, raw.as_bytes())
 }
 
+/// Opens a connection to nginx and sends `head` (a request's head, and perhaps part of its
+/// body): for requests whose body follows later, or never. Reads time out after 20 s.
+pub fn send_head(port: u16, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(head.as_bytes()).expect("send the request's head");
+    stream
+}
+
+/// The next response head on `stream` (up to its blank line; an interim `100 Continue` is a
+/// head of its own), or what came before the connection closed.
+pub fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The JSON row of `srun_id` on `/status` (the first upstream), as `control_conf` serves it.
+pub fn server_row(nginx: &Nginx, srun_id: &str) -> serde_json::Value {
+    status_server(nginx, "/status", srun_id)
+}
+
 /// Sends raw bytes as a request and parses the response. A connection nginx closed without
 /// any response is status 0.
 pub fn raw_request(port: u16, raw: &[u8]) -> Response {
