@@ -91,13 +91,18 @@ need_docker() {
     docker info >/dev/null 2>&1 && return 0
     command -v dockerd >/dev/null || need_packages docker.io
     if [ "$(id -u)" -ne 0 ]; then
-        echo "No Docker engine is running; start one (sudo systemctl start docker) and run this again." >&2
+        if [ -S /var/run/docker.sock ] && [ ! -w /var/run/docker.sock ]; then
+            echo "Docker runs, but $(id -un) may not use it. Join the docker group, log in again, and run this again:" >&2
+            echo "    sudo usermod -aG docker $(id -un)" >&2
+        else
+            echo "No Docker engine is running; start one, and run this again:" >&2
+            echo "    sudo systemctl start docker" >&2
+        fi
         exit 1
     fi
     say "starting dockerd"
     dockerd >"${TMPDIR:-/tmp}/jvm-route-dockerd.log" 2>&1 &
     DOCKERD_STARTED=$!
-    trap stop_docker EXIT
     local i
     for i in $(seq 1 60); do
         docker info >/dev/null 2>&1 && return 0
@@ -105,6 +110,28 @@ need_docker() {
     done
     echo "dockerd did not start (log: ${TMPDIR:-/tmp}/jvm-route-dockerd.log)" >&2
     exit 1
+}
+
+# What runs when a script exits: the commands of EXIT_HOOKS (a script's own clean-up), then
+# stop_docker and give_back.
+EXIT_HOOKS=()
+on_exit() {
+    local hook
+    for hook in "${EXIT_HOOKS[@]}"; do eval "$hook" || true; done
+    stop_docker
+    give_back
+}
+trap on_exit EXIT
+
+# Run as root (sudo) in a tree that is someone else's: what this run wrote to target/ goes back
+# to the tree's owner, so that their own cargo build, cargo test and scripts/demo still work.
+# (Containers that run as root give back what they write themselves.)
+give_back() {
+    [ "$(id -u)" -eq 0 ] || return 0
+    local owner
+    owner="$(stat -c %u:%g "$ROOT")"
+    [ "$owner" != "0:0" ] && [ -d "$ROOT/target" ] || return 0
+    chown -R "$owner" "$ROOT/target" 2>/dev/null || true
 }
 
 stop_docker() {

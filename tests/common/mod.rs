@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod jetty;
 pub mod tomcat;
 
 use std::collections::HashMap;

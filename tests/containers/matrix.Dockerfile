@@ -14,12 +14,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 FROM ${BASE} AS test
-# tomcat10-user (Tomcat 10.1) or tomcat11-user.
+# tomcat10-user (Tomcat 10.1) or tomcat11-user; jetty9 (Jetty 9.4) in every release.
 ARG TOMCAT=tomcat10
 # The package lists stay: each run installs the package under test with apt.
 # hadolint ignore=DL3008,DL3009
 RUN apt-get update \
     && apt-get install -y -q --no-install-recommends \
-        ca-certificates chromium chromium-driver curl dnsmasq-base gettext-base nghttp2-client \
-        procps python3 \
+        ca-certificates chromium chromium-driver curl dnsmasq-base gettext-base jetty9 \
+        nghttp2-client procps python3 \
         python3-prometheus-client "${TOMCAT}-user"

@@ -65,6 +65,7 @@ def main():
             rows.append((info.get("nginx", "?") if stamped else "?",
                          info.get("distribution", "?") if stamped else "?",
                          info.get("tomcat", "?") if stamped else "?",
+                         info.get("jetty", "-") if stamped else "?",
                          run, "-", "-", "did not run", "-"))
             continue
         if os.path.exists(report):
@@ -90,9 +91,10 @@ def main():
             seconds = max(0, int(os.path.getmtime(report)) - int(started))
             wall = f"{seconds // 60} min {seconds % 60:02d} s"
         rows.append((info.get("nginx", "?"), info.get("distribution", "?"),
-                     info.get("tomcat", "?"), run, passed, failed, skipped, wall))
+                     info.get("tomcat", "?"), info.get("jetty", "-"), run, passed, failed, skipped,
+                     wall))
 
-    header = ("nginx", "distribution", "Tomcat", "run", "passed", "failed", "skipped", "time")
+    header = ("nginx", "distribution", "Tomcat", "Jetty", "run", "passed", "failed", "skipped", "time")
     table = [header] + [tuple(str(c) for c in row) for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     if notes:
@@ -105,15 +107,15 @@ def main():
             print(f"  {failure}")
     print()
     for i, row in enumerate(table):
-        print("  ".join(c.ljust(w) if j < 4 else c.rjust(w)
+        print("  ".join(c.ljust(w) if j < 5 else c.rjust(w)
                         for j, (c, w) in enumerate(zip(row, widths))).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    counted = [r for r in rows if r[6] != "did not run"]
-    total_passed = sum(r[4] for r in counted)
-    total_failed = sum(r[5] for r in counted)
-    total_skipped = sum(r[6] for r in counted)
-    empty = sum(1 for r in counted if r[4] == 0 and r[5] == 0)
+    counted = [r for r in rows if r[7] != "did not run"]
+    total_passed = sum(r[5] for r in counted)
+    total_failed = sum(r[6] for r in counted)
+    total_skipped = sum(r[7] for r in counted)
+    empty = sum(1 for r in counted if r[5] == 0 and r[6] == 0)
     print(f"\nversion matrix: {len(rows)} runs, {did_not_run} did not run, "
           f"{empty} ran no test")
     # The closing line, in the form test tools read: what ran, nothing more.
