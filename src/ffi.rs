@@ -227,6 +227,30 @@ pub unsafe fn push_header(
     }
 }
 
+/// Calls `f` with the key and value of every header line of `list` (a request's
+/// `headers_in.headers` or `headers_out.headers`) that is not deleted (`hash` 0).
+///
+/// # Safety
+/// `list` must be a live list of `ngx_table_elt_t`; the lines live for `'r`.
+pub unsafe fn each_header<'r>(
+    list: *const ngx::ffi::ngx_list_t,
+    mut f: impl FnMut(&'r [u8], &'r [u8]),
+) {
+    // SAFETY: per the function contract: parts linked by `next`, each with `nelts` elements.
+    unsafe {
+        let mut part: *const ngx::ffi::ngx_list_part_t = &(*list).part;
+        while !part.is_null() {
+            let lines = slice((*part).elts.cast::<ngx_table_elt_t>(), (*part).nelts);
+            for h in lines {
+                if h.hash != 0 {
+                    f(bytes::<'r>(h.key), bytes::<'r>(h.value));
+                }
+            }
+            part = (*part).next;
+        }
+    }
+}
+
 /// The peers of a list, in order.
 ///
 /// # Safety

@@ -59,6 +59,10 @@ pub struct RequestCtx {
     server: ngx_str_t,
     /// The upstream's route cookie (configuration memory), or null.
     pub(crate) cookie: *const RouteCookie,
+    /// The upstream's configuration (for the checks of the routes its servers issue), or null.
+    pub(crate) upstream: *const crate::conf::UpstreamConf,
+    /// The zone slot of the server in `server`, plus one (0: none).
+    slot: u32,
 }
 
 /// The request was refused (`failover=off`): nginx's 502 becomes a 503.
@@ -99,6 +103,8 @@ impl RequestCtx {
             session: ngx_str_t { len: session.len(), data: session.as_ptr().cast_mut() },
             server: ngx_str_t { len: 0, data: std::ptr::null_mut() },
             cookie: std::ptr::null(),
+            upstream: std::ptr::null(),
+            slot: 0,
         }
     }
 
@@ -108,9 +114,19 @@ impl RequestCtx {
     /// # Safety
     /// `srun_id` must stay valid and unchanged as long as the context is used (configuration
     /// memory, for a context of a request).
-    pub unsafe fn set_server(&mut self, srun_id: Option<&[u8]>) {
+    pub unsafe fn set_server(&mut self, srun_id: Option<&[u8]>, slot: Option<usize>) {
         let id = srun_id.unwrap_or_default();
         self.server = ngx_str_t { len: id.len(), data: id.as_ptr().cast_mut() };
+        self.slot = match (srun_id, slot) {
+            (Some(_), Some(slot)) => u32::try_from(slot + 1).unwrap_or(0),
+            _ => 0,
+        };
+    }
+
+    /// The zone slot of the server that answered, if it has a srun_id and its attempt did not
+    /// fail.
+    pub fn server_slot(&self) -> Option<usize> {
+        (self.slot as usize).checked_sub(1)
     }
 
     /// The srun_id of the server that answered, as far as is known (empty if none).

@@ -156,6 +156,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             if set_route_cookie(r, ctx).is_none() {
                 return Status::NGX_ERROR.0;
             }
+            check_issued(r, ctx);
         }
         match *addr_of_mut!(NEXT_HEADER_FILTER) {
             Some(next) => next(r),
@@ -188,6 +189,121 @@ unsafe fn set_route_cookie(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Opti
     value.extend_from_slice(&cookie.attributes);
     // SAFETY: as above.
     unsafe { crate::ffi::push_header(r, "Set-Cookie", &value) }
+}
+
+/// [`Stats::first_warning`](crate::zone::Stats::first_warning) bits: which warning of the
+/// routes a server issues was logged.
+const WARNED_MISMATCH: u64 = 1;
+const WARNED_MISSING: u64 = 2;
+
+/// Reads the session cookie that the server which answered sets, if any, and counts (and
+/// warns once per server and kind, per cycle) when the id in it does not name the server's
+/// srun_id ([`rules::issued`](crate::rules::issued)). The session id itself is never logged.
+/// Only responses of a server with a srun_id, in an upstream whose session id comes from a
+/// cookie; nothing but a walk over the response's header lines when no session cookie is set.
+///
+/// # Safety
+/// `r` must be a live request whose header is being sent; `ctx` its context.
+unsafe fn check_issued(r: *mut ngx_http_request_t, ctx: &RequestCtx) {
+    use crate::conf::SessionSource;
+    use crate::rules::issued::{issued, set_cookie_value, shown, Issued};
+    use crate::zone::ServerCounter;
+
+    // SAFETY: per the function contract; `upstream` is null or the upstream's configuration,
+    // which outlives the request.
+    let Some(ucf) = (unsafe { ctx.upstream.as_ref() }) else { return };
+    let Some(slot) = ctx.server_slot() else { return };
+    if ctx.keeps_body() {
+        return;
+    }
+    let Some(jvm_route) = &ucf.jvm_route else { return };
+    let SessionSource::Cookie(name) = &jvm_route.source else { return };
+    let mut value = None;
+    // SAFETY: per the function contract: the response's header lines, request memory.
+    unsafe {
+        crate::ffi::each_header(&(*r).headers_out.headers, |key, line| {
+            if value.is_none() && key.eq_ignore_ascii_case(b"set-cookie") {
+                value = set_cookie_value(line, name);
+            }
+        });
+    }
+    let Some(value) = value else { return };
+    let srun_id = ctx.server();
+    let verdict = issued(jvm_route.mode, value, srun_id);
+    let (counter, bit) = match verdict {
+        Issued::Matches => return,
+        Issued::Mismatch(_) => (ServerCounter::RouteMismatch, WARNED_MISMATCH),
+        Issued::Missing => (ServerCounter::RouteMissing, WARNED_MISSING),
+    };
+    let Some(stats) = ucf.stats() else { return };
+    stats.count(slot, counter);
+    if !stats.first_warning(slot, bit) {
+        return;
+    }
+    // SAFETY: per the function contract: an upstream request has `upstream`, its upstream
+    // configuration and its peer's name (null-checked); all outlive this call.
+    let (upstream, peer) = unsafe {
+        let u = (*r).upstream;
+        if u.is_null() {
+            (String::new(), String::new())
+        } else {
+            let upstream = (*u)
+                .upstream
+                .as_ref()
+                .map_or(String::new(), |us| crate::ffi::lossy(crate::ffi::str_bytes(&us.host)));
+            let peer = (*u)
+                .peer
+                .name
+                .as_ref()
+                .map_or(String::new(), |n| crate::ffi::lossy(crate::ffi::str_bytes(n)));
+            (upstream, peer)
+        }
+    };
+    let srun = shown(srun_id);
+    let what = match verdict {
+        Issued::Mismatch(Some(route)) if ucf.srun_ids.iter().flatten().any(|s| **s == *route) => {
+            format!(
+                "issues session ids whose route is \"{}\", the srun_id of another server: two \
+                 servers have one jvmRoute, and its sessions go to the other one. Set \
+                 jvmRoute=\"{srun}\" in that Tomcat's server.xml (Jetty: the session id \
+                 manager's workerName)",
+                shown(route)
+            )
+        }
+        Issued::Mismatch(Some(route)) => {
+            let route = shown(route);
+            format!(
+                "issues session ids whose route is \"{route}\", not its srun_id: its sessions \
+                 do not stick. Set jvmRoute=\"{srun}\" in that Tomcat's server.xml (Jetty: the \
+                 session id manager's workerName), or srun_id={route} on this server line"
+            )
+        }
+        Issued::Mismatch(None) => format!(
+            "issues session ids that do not begin with its srun_id: its sessions do not \
+             stick. Check the prefix it gives its session ids (Resin: the server's index) \
+             against srun_id={srun}"
+        ),
+        _ => format!(
+            "issues session ids without a route: its sessions do not stick. Set \
+             jvmRoute=\"{srun}\" in that Tomcat's server.xml (Jetty: the session id manager's \
+             workerName), or name the route with jvm_route_cookie"
+        ),
+    };
+    // The cycle's log, not the request's: the request's log context adds the request line,
+    // which can hold a session id (`;jsessionid=`).
+    // SAFETY: the cycle's log is valid in a worker.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    ngx::ngx_log_error!(
+        ngx::ffi::NGX_LOG_WARN,
+        log,
+        "jvm_route: server {} (srun_id={}) of upstream \"{}\" {} (counted as route_{} on the status \
+         page; logged once per server and kind until the next reload)",
+        peer,
+        srun,
+        upstream,
+        what,
+        if bit == WARNED_MISMATCH { "mismatch" } else { "missing" }
+    );
 }
 
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {

@@ -2,7 +2,7 @@
 //! into, and obeys, the same numbers and marks.
 //!
 //! The zone `jvm_route` holds a header, one record per upstream that uses `jvm_route` (three
-//! counters) and one record per `server` line of those upstreams (five counters, the marks set
+//! counters) and one record per `server` line of those upstreams (seven counters, the marks set
 //! at run time, the runtime weight, and what the configuration says of the line: its weight,
 //! `drain`, `down`, and whether the upstream takes runtime weights). Each record starts with a
 //! key: a hash of the upstream's name, and for a server line of the upstream's name, the
@@ -73,6 +73,10 @@ pub enum ServerCounter {
     FailoversTo = 4,
     /// Attempts that failed (connection errors, timeouts, `proxy_next_upstream` cases).
     Failures = 5,
+    /// Responses whose session cookie names another route than the server's srun_id.
+    RouteMismatch = 10,
+    /// Responses whose session cookie names no route.
+    RouteMissing = 11,
 }
 
 /// The runtime marks ([`rules::marks`](crate::rules::marks)'s `RT_*` bits).
@@ -84,14 +88,18 @@ const WEIGHT_WORD: usize = 7;
 const CONFIGURED_WEIGHT_WORD: usize = 8;
 /// What the configuration says of the line ([`Configured::to_word`]).
 const CONFIG_WORD: usize = 9;
-const SERVER_WORDS: usize = 10;
+// Words 10 and 11: `ServerCounter::RouteMismatch` and `RouteMissing`.
+/// Which warnings of the server's issued routes this cycle has logged ([`Stats::first_warning`]):
+/// never carried over, so a reload warns again.
+const WARNED_WORD: usize = 12;
+const SERVER_WORDS: usize = 13;
 
 /// The largest weight that can be set at run time (like Apache's load factor, up to 100 there).
 pub const MAX_WEIGHT: u64 = 1000;
 
 const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
 /// The record layout this code writes and reads; an old zone of another one is not copied.
-const VERSION: u64 = 4;
+const VERSION: u64 = 5;
 const HEADER_WORDS: usize = 6;
 const GENERATION_WORD: usize = 2;
 /// Set (by the master) once a newer cycle has copied this zone's marks: a change written here
@@ -236,6 +244,13 @@ impl Stats {
     pub fn takes_weights(&self, slot: usize) -> bool {
         self.server_word(slot, CONFIG_WORD)
             .is_some_and(|w| w.load(Ordering::Relaxed) & CONF_WEIGHTS != 0)
+    }
+
+    /// Whether this is the first warning of kind `bit` (a bit of its own per kind) for the
+    /// server in slot `slot` in this cycle: one worker, once, gets `true`.
+    pub fn first_warning(&self, slot: usize, bit: u64) -> bool {
+        self.server_word(slot, WARNED_WORD)
+            .is_some_and(|w| w.fetch_or(bit, Ordering::Relaxed) & bit == 0)
     }
 
     /// Whether a newer cycle has copied this zone's marks.
@@ -554,7 +569,9 @@ fn carry_over(old: &Stats, new: &Stats) {
     };
     for slot in 0..new.servers {
         let Some(&from) = old_servers.get(&server_key(new, slot)) else { continue };
-        for w in 1..STATE_WORD {
+        for w in (1..STATE_WORD)
+            .chain([ServerCounter::RouteMismatch as usize, ServerCounter::RouteMissing as usize])
+        {
             write(slot, w, read(old, from, w));
         }
         let kept = marks::carried(old.configured(from), new.configured(slot), old.state(from));

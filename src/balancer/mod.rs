@@ -92,7 +92,7 @@ impl PeerData {
         let line = slot.and_then(|s| s.checked_sub(ucf.slot_base));
         // SAFETY: the srun_id is configuration memory, which outlives the request and so this
         // context.
-        unsafe { self.ctx.set_server(line.and_then(|l| ucf.srun_id(l))) };
+        unsafe { self.ctx.set_server(line.and_then(|l| ucf.srun_id(l)), slot) };
     }
 
     /// The wrapped method's data: every accepted method's begins with round robin's. When the
@@ -221,6 +221,9 @@ unsafe extern "C" fn init_peer(
     // destroyed.
     let mut ctx = unsafe { RequestCtx::new(outcome, id, text, reverse) };
     ctx.cookie = ucf.cookie.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    if ucf.checks_issued {
+        ctx.upstream = ucf;
+    }
     // The route only: a session id is a credential and is never logged.
     ngx_log_debug_http!(
         request,
@@ -460,7 +463,7 @@ unsafe extern "C" fn free_peer(
     if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
         // The attempt failed: whatever answers now, that server did not.
         // SAFETY: no slice is kept.
-        unsafe { pd.ctx.set_server(None) };
+        unsafe { pd.ctx.set_server(None, None) };
         // SAFETY: the view is used within this callback.
         let view = unsafe { pd.view() };
         let rrp = pd.rrp();

@@ -129,8 +129,16 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 weights: takes_weights,
             });
         }
+        // The header filter reads the session cookies a server issues when the session id
+        // comes from a cookie and some server has a srun_id to compare with.
+        ucf.checks_issued = ucf
+            .jvm_route
+            .as_ref()
+            .is_some_and(|j| matches!(j.source, crate::conf::SessionSource::Cookie(_)))
+            && ucf.srun_ids.iter().any(Option::is_some);
         main.filtering |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off)
-            || ucf.cookie.is_some();
+            || ucf.cookie.is_some()
+            || ucf.checks_issued;
         main.upstreams.push(uscf_ptr);
     }
 

@@ -83,6 +83,9 @@ pub struct UpstreamConf {
     pub index: usize,
     /// The zone slot of this upstream's first server line; line `i` has slot `slot_base + i`.
     pub slot_base: usize,
+    /// Whether the session cookies that its servers issue are checked against their srun_ids
+    /// (the session id comes from a cookie, and some server has a srun_id).
+    pub checks_issued: bool,
     /// The shared zone of the counters and runtime marks: set by `init` only, to the zone it
     /// declared (which `stats` relies on).
     zone: Option<NonNull<ngx_shm_zone_t>>,
@@ -110,8 +113,8 @@ pub struct MainConf {
     zone: Option<NonNull<ngx_shm_zone_t>>,
     /// The upstreams with `jvm_route`, by index.
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Whether some upstream refuses requests (`failover=off`) or sets a route cookie: the
-    /// response filters are needed.
+    /// Whether some upstream refuses requests (`failover=off`), sets a route cookie, or checks
+    /// the routes its servers issue: the response filters are needed.
     pub filtering: bool,
     /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
     status_names: Vec<(Box<[u8]>, String, usize)>,

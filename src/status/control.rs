@@ -6,7 +6,7 @@
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_list_part_t, ngx_table_elt_t, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 
@@ -104,32 +104,11 @@ pub(super) unsafe fn has_fetch_metadata(r: *mut ngx_http_request_t) -> bool {
     let mut found = false;
     // SAFETY: per the function contract.
     unsafe {
-        each_header(r, |key, _| {
+        crate::ffi::each_header(&(*r).headers_in.headers, |key, _| {
             found |= key.len() > 10 && key[..10].eq_ignore_ascii_case(b"sec-fetch-");
         })
     };
     found
-}
-
-/// Calls `f` with the name and value of every request header.
-///
-/// # Safety
-/// `r` must be a live request.
-unsafe fn each_header<'r>(r: *mut ngx_http_request_t, mut f: impl FnMut(&'r [u8], &'r [u8])) {
-    // SAFETY: per the function contract: `headers` is a list of `ngx_table_elt_t`.
-    unsafe {
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
-        while !part.is_null() {
-            let elts = (*part).elts.cast::<ngx_table_elt_t>();
-            for i in 0..(*part).nelts {
-                let h = &*elts.add(i);
-                if h.hash != 0 {
-                    f(bytes::<'r>(h.key), bytes::<'r>(h.value));
-                }
-            }
-            part = (*part).next;
-        }
-    }
 }
 
 /// The value of the request header `name` (lower case), if the request has it.
@@ -140,7 +119,7 @@ pub(super) unsafe fn header<'r>(r: *mut ngx_http_request_t, name: &[u8]) -> Opti
     let mut found = None;
     // SAFETY: per the function contract.
     unsafe {
-        each_header(r, |key, value| {
+        crate::ffi::each_header(&(*r).headers_in.headers, |key, value| {
             if found.is_none() && key.eq_ignore_ascii_case(name) {
                 found = Some(value);
             }

@@ -31,6 +31,8 @@ canvas { background: #fff; box-shadow: 0 1px 2px #0002; margin-top: .4em; }
 .legend span { margin-right: 1em; white-space: nowrap; }
 .legend i { display: inline-block; width: .8em; height: .8em; margin-right: .3em; border-radius: 2px; }
 #message { min-height: 1.4em; color: #1d4ed8; }
+tr.misrouted td { background: #fdecea; }
+.mark { display: inline-block; margin-left: .4em; padding: 0 .3em; border-radius: 3px; background: #b3261e; color: #fff; font-size: .85em; }
 "##;
 
 const SCRIPT: &str = r##"
@@ -57,7 +59,7 @@ function update(data) {
       const state = cell(row, "state");
       if (state) { state.textContent = s.state; state.className = "state s-" + s.state; }
       setText(cell(row, "addresses"), s.peers.map((p) => p.address).join(", ") || "(none)");
-      for (const f of ["weight", "active", "requests", "hits", "failovers_from", "failovers_to", "failures"]) {
+      for (const f of ["weight", "active", "requests", "hits", "failovers_from", "failovers_to", "failures", "route_mismatch", "route_missing"]) {
         setText(cell(row, f), s[f]);
       }
       setText(cell(row, "share"), s.requests ? Math.round(100 * s.hits / s.requests) + "%" : "-");
@@ -186,7 +188,8 @@ pub(super) fn page(rows: &[UpstreamRow], control_path: Option<&str>) -> String {
              <th class=\"name\">srun_id</th><th class=\"name\">server</th>\
              <th class=\"name\">addresses</th><th>state</th><th>weight</th><th>active</th>\
              <th>requests</th><th>hits</th><th>sticky</th><th>failovers from</th>\
-             <th>failovers to</th><th>failures</th>{}</tr></thead>\n<tbody>\n",
+             <th>failovers to</th><th>failures</th><th>route mismatch</th>\
+             <th>route missing</th>{}</tr></thead>\n<tbody>\n",
             escape(&upstream.name),
             upstream.with_session,
             upstream.without_session,
@@ -207,18 +210,30 @@ pub(super) fn page(rows: &[UpstreamRow], control_path: Option<&str>) -> String {
 }
 
 fn row(out: &mut String, upstream: &str, s: &ServerRow, control_path: Option<&str>) {
-    let [requests, hits, from, to, failures] = s.counters;
+    let [requests, hits, from, to, failures, mismatch, missing] = s.counters;
     let addresses: Vec<&str> = s.peers.iter().map(|p| p.address.as_str()).collect();
     let share = (hits * 100).checked_div(requests).map_or("-".to_string(), |p| format!("{p}%"));
+    // A server whose session ids do not name its srun_id: its sessions do not stick.
+    let (class, mark) = if mismatch + missing > 0 {
+        (
+            " class=\"misrouted\"",
+            "<span class=\"mark\" title=\"its session ids do not name its srun_id: see the \
+             error log\">route?</span>",
+        )
+    } else {
+        ("", "")
+    };
     let _ = write!(
         out,
-        "<tr><td class=\"name\">{}</td><td class=\"name\">{}</td>\
+        "<tr{class}><td class=\"name\">{}{mark}</td><td class=\"name\">{}</td>\
          <td class=\"addr\" data-field=\"addresses\">{}</td>\
          <td><span class=\"state s-{state}\" data-field=\"state\">{state}</span></td>\
          <td data-field=\"weight\">{}</td><td data-field=\"active\">{}</td>\
          <td data-field=\"requests\">{requests}</td><td data-field=\"hits\">{hits}</td>\
          <td data-field=\"share\">{share}</td><td data-field=\"failovers_from\">{from}</td>\
-         <td data-field=\"failovers_to\">{to}</td><td data-field=\"failures\">{failures}</td>",
+         <td data-field=\"failovers_to\">{to}</td><td data-field=\"failures\">{failures}</td>\
+         <td data-field=\"route_mismatch\">{mismatch}</td>\
+         <td data-field=\"route_missing\">{missing}</td>",
         escape(if s.srun_id.is_empty() { "-" } else { &s.srun_id }),
         escape(&s.server),
         if addresses.is_empty() { "(none)".to_string() } else { escape(&addresses.join(", ")) },
@@ -294,7 +309,7 @@ mod tests {
                 weight: 1,
                 configured_weight: 1,
                 peers: vec![],
-                counters: [4, 2, 0, 0, 0],
+                counters: [4, 2, 0, 0, 0, 1, 0],
             }],
         }];
         let html = page(&rows, Some("/c\"x"));
@@ -303,6 +318,9 @@ mod tests {
         assert!(html.contains("&lt;a href=&quot;x&quot;&gt;&amp;&#39;"));
         assert!(html.contains("action=\"/c&quot;x\""));
         assert!(html.contains(">50%<"));
+        // A server with a route mismatch is marked.
+        assert_eq!(html.matches("<tr class=\"misrouted\">").count(), 1);
+        assert!(html.contains("data-field=\"route_mismatch\">1<"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ struct ServerRow {
     weight: u64,
     configured_weight: u64,
     peers: Vec<PeerRow>,
-    counters: [u64; 5],
+    counters: [u64; 7],
 }
 
 impl ServerRow {
@@ -63,7 +63,7 @@ impl ServerRow {
     }
 }
 
-const COUNTERS: [(ServerCounter, &str, &str); 5] = [
+const COUNTERS: [(ServerCounter, &str, &str); 7] = [
     (ServerCounter::Requests, "requests", "Attempts sent to the server, by any path."),
     (ServerCounter::Hits, "hits", "Attempts sent because the session's route named the server."),
     (
@@ -77,6 +77,16 @@ const COUNTERS: [(ServerCounter, &str, &str); 5] = [
         "Requests of another server's session that came to this one.",
     ),
     (ServerCounter::Failures, "failures", "Attempts that failed (error, timeout, next upstream)."),
+    (
+        ServerCounter::RouteMismatch,
+        "route_mismatch",
+        "Responses whose session cookie named another route than the server's srun_id.",
+    ),
+    (
+        ServerCounter::RouteMissing,
+        "route_missing",
+        "Responses whose session cookie named no route.",
+    ),
 ];
 
 /// One upstream as the status page shows it.

@@ -15,7 +15,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}",
             "srun_id",
             "address",
             "state",
@@ -25,16 +25,18 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             "hits",
             "failovers_from",
             "failovers_to",
-            "failures"
+            "failures",
+            "route_mismatch",
+            "route_missing"
         );
         for s in &u.servers {
             let srun_id = if s.srun_id.is_empty() { "-" } else { &s.srun_id };
             let addresses: Vec<&str> = s.peers.iter().map(|p| p.address.as_str()).collect();
             let address = if addresses.is_empty() { s.server.clone() } else { addresses.join(",") };
-            let [requests, hits, from, to, failures] = s.counters;
+            let [requests, hits, from, to, failures, mismatch, missing] = s.counters;
             let _ = writeln!(
                 out,
-                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8}",
+                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}",
                 srun_id,
                 address,
                 s.state,
@@ -44,7 +46,9 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
                 hits,
                 from,
                 to,
-                failures
+                failures,
+                mismatch,
+                missing
             );
         }
     }
