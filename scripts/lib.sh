@@ -87,7 +87,11 @@ debian_mirror() {
 # stops it when the calling script exits. Needs root to start one.
 DOCKERD_STARTED=""
 need_docker() {
-    command -v docker >/dev/null || need_packages docker.io
+    # Debian 13 and later ship the `docker` command in docker-cli (recommended by docker.io,
+    # which then has only the engine); Debian 12 in docker.io.
+    if ! command -v docker >/dev/null; then
+        if apt-cache show docker-cli >/dev/null 2>&1; then need_packages docker-cli; else need_packages docker.io; fi
+    fi
     docker info >/dev/null 2>&1 && return 0
     command -v dockerd >/dev/null || need_packages docker.io
     if [ "$(id -u)" -ne 0 ]; then
