@@ -26,13 +26,15 @@ use std::ptr::{addr_of, addr_of_mut, null, null_mut};
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    NGX_CONF_1MORE, NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_string;
 
 pub mod balancer;
+pub mod check;
 pub mod conf;
 pub mod ffi;
 pub mod request;
@@ -97,6 +99,17 @@ const fn upstream_command(name: ngx_str_t, set: CommandHandler) -> ngx_command_t
 
 /// A stock balancing method's directive: noted, then passed on with any arguments (the module
 /// it goes to checks them).
+const fn command(name: ngx_str_t, type_: u32, conf: usize, set: CommandHandler) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf,
+        offset: 0,
+        post: null_mut(),
+    }
+}
+
 const fn method_command(name: ngx_str_t) -> ngx_command_t {
     ngx_command_t {
         name,
@@ -111,7 +124,7 @@ const fn method_command(name: ngx_str_t) -> ngx_command_t {
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 10] = [
+static mut COMMANDS: [ngx_command_t; 16] = [
     // Takes `srun_id=`, `max_busy=` and `drain` out of the stock `server` directive, then
     // passes it on.
     upstream_command(ngx_string!("server"), conf::directives::cmd_server),
@@ -132,6 +145,42 @@ static mut COMMANDS: [ngx_command_t; 10] = [
         offset: 0,
         post: null_mut(),
     },
+    command(
+        ngx_string!("check"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_ANY,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check,
+    ),
+    command(
+        ngx_string!("check_http_send"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_http_send,
+    ),
+    command(
+        ngx_string!("check_http_expect_alive"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_1MORE,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_http_expect_alive,
+    ),
+    command(
+        ngx_string!("check_keepalive_requests"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_keepalive_requests,
+    ),
+    command(
+        ngx_string!("check_shm_size"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        conf::directives::cmd_check_shm_size,
+    ),
+    command(
+        ngx_string!("check_status"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        conf::directives::cmd_check_status,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -154,6 +203,7 @@ pub static mut ngx_http_upstream_jvm_route_module: ngx_module_t = ngx_module_t {
     commands: addr_of_mut!(COMMANDS) as *mut _,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     init_module: Some(init_module),
+    init_process: Some(check::init_process),
     ..ngx_module_t::default()
 };
 

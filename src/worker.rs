@@ -41,8 +41,10 @@ pub struct PeerInfo {
     /// Its weight comes from a DNS SRV record (`service=`): this module never writes it, or
     /// nginx's resolver would no longer recognise the peer and would replace it.
     pub srv_weight: bool,
-    /// The runtime `down` mark, as last applied.
+    /// The runtime `down` mark, or its active checks taking it out, as last applied.
     pub marked_down: Cell<bool>,
+    /// The key of its address in the zone's check table.
+    pub key: u64,
 }
 
 /// The view of one upstream's peer lists.
@@ -72,6 +74,8 @@ pub struct View {
     /// How many peers drain (as last applied): they are not counted in the lists' `tries`,
     /// yet a session's request may go to one of them first.
     pub draining: Cell<usize>,
+    /// With `check`: whether an address is out until its first check (`default_down`).
+    pub check_default_down: Option<bool>,
 }
 
 impl View {
@@ -192,8 +196,13 @@ impl View {
                     }
                 }
                 let state = stats.effective(slot);
-                info.marked_down.set(state == State::Down && !info.config_down);
+                // A server its checks take out is out like a runtime `down` (sessions fail
+                // over, nothing new goes there), whatever its marks say.
+                let check_down =
+                    self.check_default_down.is_some_and(|d| stats.check_down(slot, info.key, d));
+                info.marked_down.set((state == State::Down || check_down) && !info.config_down);
                 let down = match state {
+                    _ if check_down => 1,
                     State::Down => 1,
                     State::Draining => {
                         draining += 1;
@@ -422,6 +431,8 @@ unsafe fn walk(
             config_weight: line.map_or(1, |i| servers[i].weight as ngx_int_t),
             srv_weight: line.is_some_and(|i| ffi::server_has_service(&servers[i])),
             marked_down: Cell::new(false),
+            // SAFETY: the peer belongs to the locked list being walked.
+            key: unsafe { crate::check::peer_key(peer) },
         });
     }
     true
@@ -465,5 +476,6 @@ fn finish(
         cursor: Cell::new(0),
         applied: Cell::new(None),
         draining: Cell::new(0),
+        check_default_down: ucf.check.as_ref().map(|c| c.spec.default_down),
     }
 }

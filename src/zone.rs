@@ -39,6 +39,7 @@ use ngx::ffi::{
     ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t,
 };
 
+use crate::rules::check::{CheckSpec, Health};
 use crate::rules::failover::hash64;
 use crate::rules::marks::{self, Configured, CONF_WEIGHTS};
 
@@ -92,15 +93,39 @@ const CONFIG_WORD: usize = 9;
 /// Which warnings of the server's issued routes this cycle has logged ([`Stats::first_warning`]):
 /// never carried over, so a reload warns again.
 const WARNED_WORD: usize = 12;
-const SERVER_WORDS: usize = 13;
+/// The line's first check slot (an index into the check table), and how many it has.
+const CHECK_BASE_WORD: usize = 13;
+const CHECK_COUNT_WORD: usize = 14;
+const SERVER_WORDS: usize = 15;
+
+/// A check slot: the health of one address of a server line ([`rules::check`](crate::rules::check)).
+/// Its key (a hash of the address; 0: free).
+const CK_KEY: usize = 0;
+/// When the next check of the address is due (ms): the worker that moves it on takes the turn.
+const CK_DUE: usize = 1;
+/// [`Health::to_word`].
+const CK_HEALTH: usize = 2;
+/// When the last check ended (ms; 0: never).
+const CK_LAST: usize = 3;
+/// Why the last check failed ([`check::error`]).
+const CK_ERROR: usize = 4;
+/// Checks done.
+const CK_PROBES: usize = 5;
+/// When a worker last saw the address among the peers (ms): a slot not seen for long is
+/// taken by a new address of the line.
+const CK_SEEN: usize = 6;
+const CHECK_WORDS: usize = 7;
+/// The key of a check slot being (re)claimed.
+const RESERVED: u64 = u64::MAX;
 
 /// The largest weight that can be set at run time (like Apache's load factor, up to 100 there).
 pub const MAX_WEIGHT: u64 = 1000;
 
 const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
 /// The record layout this code writes and reads; an old zone of another one is not copied.
-const VERSION: u64 = 5;
-const HEADER_WORDS: usize = 6;
+const VERSION: u64 = 6;
+/// Words: magic, version, generation, upstreams, servers, superseded, check slots.
+const HEADER_WORDS: usize = 7;
 const GENERATION_WORD: usize = 2;
 /// Set (by the master) once a newer cycle has copied this zone's marks: a change written here
 /// after that may not reach the running configuration.
@@ -117,6 +142,8 @@ pub struct ServerLayout {
     pub configured: Configured,
     /// Whether the upstream takes runtime weights.
     pub weights: bool,
+    /// Check slots of the line (0: the upstream has no `check`): one per address it can have.
+    pub check_slots: u32,
 }
 
 /// What the zone must hold, decided at the end of the `http {}` block.
@@ -144,8 +171,15 @@ impl Layout {
 pub struct Superseded;
 
 impl Layout {
+    fn check_slots(&self) -> usize {
+        self.servers.iter().map(|s| s.check_slots as usize).sum()
+    }
+
     fn words(&self) -> usize {
-        HEADER_WORDS + UPSTREAM_WORDS * self.upstreams.len() + SERVER_WORDS * self.servers.len()
+        HEADER_WORDS
+            + UPSTREAM_WORDS * self.upstreams.len()
+            + SERVER_WORDS * self.servers.len()
+            + CHECK_WORDS * self.check_slots()
     }
 }
 
@@ -166,6 +200,7 @@ pub struct Stats {
     words: *const AtomicU64,
     upstreams: usize,
     servers: usize,
+    checks: usize,
 }
 
 impl Stats {
@@ -185,6 +220,167 @@ impl Stats {
         (slot < self.servers).then(|| {
             self.word(HEADER_WORDS + UPSTREAM_WORDS * self.upstreams + slot * SERVER_WORDS + word)
         })
+    }
+
+    fn check_word(&self, index: usize, word: usize) -> Option<&AtomicU64> {
+        (index < self.checks).then(|| {
+            self.word(
+                HEADER_WORDS
+                    + UPSTREAM_WORDS * self.upstreams
+                    + SERVER_WORDS * self.servers
+                    + index * CHECK_WORDS
+                    + word,
+            )
+        })
+    }
+
+    fn check_load(&self, index: usize, word: usize) -> u64 {
+        self.check_word(index, word).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    fn check_store(&self, index: usize, word: usize, value: u64) {
+        if let Some(w) = self.check_word(index, word) {
+            w.store(value, Ordering::Release);
+        }
+    }
+
+    /// The check slots of server line `slot`: the first index and how many.
+    fn check_range(&self, slot: usize) -> std::ops::Range<usize> {
+        let load = |w| self.server_word(slot, w).map_or(0, |w| w.load(Ordering::Relaxed) as usize);
+        let (base, count) = (load(CHECK_BASE_WORD), load(CHECK_COUNT_WORD));
+        base..(base + count).min(self.checks)
+    }
+
+    /// Whether server line `slot` is checked.
+    pub fn is_checked(&self, slot: usize) -> bool {
+        !self.check_range(slot).is_empty()
+    }
+
+    /// The check slot of the address with `key` on server line `slot`, if it has one.
+    pub fn check_find(&self, slot: usize, key: u64) -> Option<usize> {
+        let key = key.clamp(1, RESERVED - 1);
+        self.check_range(slot).find(|&i| self.check_load(i, CK_KEY) == key)
+    }
+
+    /// Whether server line `slot` has a check slot nobody took yet.
+    fn check_has_free(&self, slot: usize) -> bool {
+        self.check_range(slot).any(|i| self.check_load(i, CK_KEY) == 0)
+    }
+
+    /// The check slot of the address with `key` on server line `slot`, taking a free one (or
+    /// one whose address no worker has seen for `stale` ms) if it has none, starting at
+    /// `initial`; notes that the address was seen now. None: every slot of the line is taken.
+    pub fn check_claim(
+        &self,
+        slot: usize,
+        key: u64,
+        now: u64,
+        stale: u64,
+        initial: Health,
+    ) -> Option<usize> {
+        let key = key.max(1);
+        if let Some(i) = self.check_find(slot, key) {
+            self.check_store(i, CK_SEEN, now);
+            return Some(i);
+        }
+        for i in self.check_range(slot) {
+            let Some(k) = self.check_word(i, CK_KEY) else { continue };
+            let old = k.load(Ordering::Acquire);
+            let free = old == 0
+                || (old != RESERVED && self.check_load(i, CK_SEEN).saturating_add(stale) < now);
+            // Reserved while its words are written: no reader finds it by the new key before
+            // its health is the initial one.
+            if free
+                && k.compare_exchange(old, RESERVED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                for (w, v) in [
+                    (CK_DUE, 0),
+                    (CK_HEALTH, initial.to_word()),
+                    (CK_LAST, 0),
+                    (CK_ERROR, 0),
+                    (CK_PROBES, 0),
+                    (CK_SEEN, now),
+                ] {
+                    self.check_store(i, w, v);
+                }
+                k.store(key, Ordering::Release);
+                self.bump();
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Takes the turn to check slot `index` if it is due at `now`; the next turn is then due
+    /// `period` ms later. Exactly one caller (of any worker) gets each turn.
+    pub fn check_take_turn(&self, index: usize, now: u64, period: u64) -> bool {
+        let Some(due) = self.check_word(index, CK_DUE) else { return false };
+        let mut current = due.load(Ordering::Acquire);
+        while current <= now {
+            match due.compare_exchange(current, now + period, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+        false
+    }
+
+    /// The health of check slot `index`.
+    pub fn check_health(&self, index: usize) -> Health {
+        Health::from_word(self.check_load(index, CK_HEALTH))
+    }
+
+    /// Whether the address with `key` of server line `slot` is out by its checks
+    /// (`default_down` until it has a slot).
+    pub fn check_down(&self, slot: usize, key: u64, default_down: bool) -> bool {
+        match self.check_find(slot, key) {
+            Some(i) => self.check_health(i).down,
+            // Not checked yet: `default_down` says; an address beyond the line's slots (a
+            // `resolve` server with more addresses than slots) is not checked at all.
+            None => default_down && self.check_has_free(slot),
+        }
+    }
+
+    /// What the status page shows of check slot `index`: its health, when the last check
+    /// ended (ms), why it failed, and how many checks ran.
+    pub fn check_info(&self, index: usize) -> (Health, u64, u64, u64) {
+        (
+            self.check_health(index),
+            self.check_load(index, CK_LAST),
+            self.check_load(index, CK_ERROR),
+            self.check_load(index, CK_PROBES),
+        )
+    }
+
+    /// Records a check of slot `index` that ended at `now` (`error` 0: it passed). Returns the
+    /// new health when it changed between up and down (and then every worker applies it
+    /// before its next request).
+    pub fn check_record(
+        &self,
+        index: usize,
+        now: u64,
+        error: u64,
+        spec: &CheckSpec,
+    ) -> Option<Health> {
+        let word = self.check_word(index, CK_HEALTH)?;
+        let before = Health::from_word(word.load(Ordering::Acquire));
+        let (after, changed) = before.after(error == 0, spec);
+        word.store(after.to_word(), Ordering::Release);
+        self.check_store(index, CK_LAST, now);
+        self.check_store(index, CK_ERROR, error);
+        if let Some(w) = self.check_word(index, CK_PROBES) {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
+        if changed {
+            self.bump();
+            return Some(after);
+        }
+        None
+    }
+
+    /// Moves the generation on: every worker applies the marks and checks again.
+    fn bump(&self) {
+        self.word(GENERATION_WORD).fetch_add(1, Ordering::SeqCst);
     }
 
     /// Adds one to an upstream counter.
@@ -299,12 +495,25 @@ impl Stats {
         self.change(|| w.store(value, Ordering::SeqCst))
     }
 
+    /// Writes every server record's key and configuration, and where its check slots are.
+    fn write_layouts(&self, servers: &[ServerLayout]) {
+        let mut base = 0u64;
+        for (slot, server) in servers.iter().enumerate() {
+            self.write_layout(slot, server);
+            if let Some(w) = self.server_word(slot, CHECK_BASE_WORD) {
+                w.store(base, Ordering::Relaxed);
+            }
+            base += u64::from(server.check_slots);
+        }
+    }
+
     /// Writes a server record's key and configuration.
     fn write_layout(&self, slot: usize, server: &ServerLayout) {
         let words = [
             (0, server.key),
             (CONFIGURED_WEIGHT_WORD, server.weight),
             (CONFIG_WORD, server.configured.to_word(server.weights)),
+            (CHECK_COUNT_WORD, u64::from(server.check_slots)),
         ];
         for (word, value) in words {
             if let Some(w) = self.server_word(slot, word) {
@@ -357,6 +566,7 @@ unsafe fn read_header(header: *const AtomicU64) -> Option<Stats> {
             words: header,
             upstreams: (*header.add(3)).load(Ordering::Relaxed) as usize,
             servers: (*header.add(4)).load(Ordering::Relaxed) as usize,
+            checks: (*header.add(6)).load(Ordering::Relaxed) as usize,
         })
     }
 }
@@ -480,17 +690,17 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
         (*header.add(1)).store(VERSION, Ordering::Relaxed);
         (*header.add(3)).store(layout.upstreams.len() as u64, Ordering::Relaxed);
         (*header.add(4)).store(layout.servers.len() as u64, Ordering::Relaxed);
+        (*header.add(6)).store(layout.check_slots() as u64, Ordering::Relaxed);
         let stats = Stats {
             words: header,
             upstreams: layout.upstreams.len(),
             servers: layout.servers.len(),
+            checks: layout.check_slots(),
         };
         for (i, &key) in layout.upstreams.iter().enumerate() {
             stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(key, Ordering::Relaxed);
         }
-        for (slot, server) in layout.servers.iter().enumerate() {
-            stats.write_layout(slot, server);
-        }
+        stats.write_layouts(&layout.servers);
         // nginx >= 1.27 passes the old cycle's data of a `noreuse` zone; before, it is found
         // at configuration time. Either way it stays mapped here until the new cycle is
         // complete: nginx unmaps the old cycle's zones after `init_module`.
@@ -574,6 +784,12 @@ fn carry_over(old: &Stats, new: &Stats) {
         {
             write(slot, w, read(old, from, w));
         }
+        // The health of each checked address (the next check is due at once).
+        for (to, from) in new.check_range(slot).zip(old.check_range(from)) {
+            for w in [CK_KEY, CK_HEALTH, CK_LAST, CK_ERROR, CK_PROBES, CK_SEEN] {
+                new.check_store(to, w, old.check_load(from, w));
+            }
+        }
         let kept = marks::carried(old.configured(from), new.configured(slot), old.state(from));
         write(slot, STATE_WORD, kept);
         // A runtime weight only while the configured weight it was set against is the same
@@ -589,22 +805,82 @@ fn carry_over(old: &Stats, new: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::check::error as check_error;
     use crate::rules::marks::{State, RT_DOWN, RT_DRAIN, RT_UNDRAIN};
 
+    /// A zone of these records, each server line with two check slots.
     fn zone_of(upstreams: &[u64], servers: &[u64]) -> (Vec<AtomicU64>, Stats) {
-        let words = HEADER_WORDS + UPSTREAM_WORDS * upstreams.len() + SERVER_WORDS * servers.len();
+        let layout: Vec<ServerLayout> = servers
+            .iter()
+            .map(|&key| ServerLayout {
+                key,
+                weight: 1,
+                configured: Configured::default(),
+                weights: true,
+                check_slots: 2,
+            })
+            .collect();
+        let checks = 2 * servers.len();
+        let words = HEADER_WORDS
+            + UPSTREAM_WORDS * upstreams.len()
+            + SERVER_WORDS * servers.len()
+            + CHECK_WORDS * checks;
         let words: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
-        let stats =
-            Stats { words: words.as_ptr(), upstreams: upstreams.len(), servers: servers.len() };
+        let stats = Stats {
+            words: words.as_ptr(),
+            upstreams: upstreams.len(),
+            servers: servers.len(),
+            checks,
+        };
         for (i, &k) in upstreams.iter().enumerate() {
             stats.word(HEADER_WORDS + i * UPSTREAM_WORDS).store(k, Ordering::Relaxed);
         }
-        for (slot, &key) in servers.iter().enumerate() {
-            let server =
-                ServerLayout { key, weight: 1, configured: Configured::default(), weights: true };
-            stats.write_layout(slot, &server);
-        }
+        stats.write_layouts(&layout);
         (words, stats)
+    }
+
+    #[test]
+    fn check_slots_are_claimed_taken_in_turn_and_carried() {
+        let spec = CheckSpec { rise: 1, fall: 2, default_down: true, ..CheckSpec::default() };
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_w, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        let initial = Health::initial(&spec);
+        assert!(old.check_down(0, 7, true) && !old.check_down(0, 7, false), "no slot yet");
+        let i = old.check_claim(0, 7, 1_000, 10_000, initial).expect("a free slot");
+        assert_eq!(old.check_claim(0, 7, 1_001, 10_000, initial), Some(i), "the same address");
+        let j = old.check_claim(0, 8, 1_000, 10_000, initial).expect("the second slot");
+        assert_ne!(i, j);
+        assert_eq!(old.check_claim(0, 9, 1_000, 10_000, initial), None, "two slots only");
+        // An address not seen for longer than `stale` gives its slot up (7 is seen again, 8
+        // is not).
+        assert_eq!(old.check_claim(0, 7, 19_000, 10_000, initial), Some(i));
+        assert_eq!(old.check_claim(0, 9, 20_000, 10_000, initial), Some(j));
+        assert_eq!(old.check_find(0, 8), None);
+        // One turn per period, whoever asks.
+        assert!(old.check_take_turn(i, 1_000, 500));
+        assert!(!old.check_take_turn(i, 1_200, 500));
+        assert!(old.check_take_turn(i, 1_500, 500));
+        // rise=1: one pass brings it up; fall=2: two failures take it out.
+        let g = old.generation();
+        assert_eq!(old.check_record(i, 1_600, 0, &spec).map(|h| h.down), Some(false));
+        assert!(old.generation() > g, "a change moves the generation");
+        assert!(!old.check_down(0, 7, true));
+        assert_eq!(old.check_record(i, 1_700, check_error::REFUSED, &spec), None);
+        assert_eq!(
+            old.check_record(i, 1_800, check_error::TIMEOUT, &spec).map(|h| h.down),
+            Some(true)
+        );
+        let (health, last, error, probes) = old.check_info(i);
+        assert_eq!(
+            (health.down, health.fails, last, error, probes),
+            (true, 2, 1_800, check_error::TIMEOUT, 3)
+        );
+        // A reload keeps the line's checked addresses and their health.
+        let (_w2, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        carry_over(&old, &new);
+        assert!(new.check_down(0, 7, false));
+        assert_eq!(new.check_info(new.check_find(0, 7).unwrap()).3, 3);
+        assert!(new.check_take_turn(new.check_find(0, 7).unwrap(), 1_900, 500), "due at once");
     }
 
     #[test]

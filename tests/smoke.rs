@@ -7,20 +7,25 @@
 //! `nginx -t`, start, sticky requests, a chunked control POST (its last buffer is empty), marks
 //! that change the peers' `down` (the debug build checks the lists' `tries` each time), a
 //! status page in every format, a reload under `zone`, and the configuration check again
-//! while nginx runs.
+//! while nginx runs; active health checks all along (passing ones, a refused one, one that
+//! times out).
 
 mod common;
 
 use common::*;
 
-fn conf(tomcats: &[Backend]) -> String {
+fn conf(tomcats: &[Backend], hung: &Hanging) -> String {
+    let checked = format!(
+        "    upstream checked {{\n        server 127.0.0.1:1 srun_id=refused;\n        server {} srun_id=hung;\n        jvm_route $cookie_JSESSIONID reverse;\n        check interval=200 rise=1 fall=1 timeout=100 type=http;\n    }}\n",
+        hung.addr()
+    );
     format!(
-        "http {{\n    access_log off;\n{}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status tomcats control;\n        }}\n    }}\n}}\n",
+        "http {{\n    access_log off;\n{}\n{checked}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status control;\n        }}\n    }}\n}}\n",
         upstream(
             "tomcats",
             tomcats,
             &["", "drain"],
-            "        zone tomcats 64k;\n        keepalive 4;\n        jvm_route $cookie_ROUTE|jsessionid reverse;\n        jvm_route_cookie ROUTE;\n"
+            "        zone tomcats 64k;\n        keepalive 4;\n        jvm_route $cookie_ROUTE|jsessionid reverse;\n        jvm_route_cookie ROUTE;\n        check interval=100 rise=1 fall=1 timeout=100 type=http default_down=false;\n"
         )
     )
 }
@@ -28,7 +33,8 @@ fn conf(tomcats: &[Backend]) -> String {
 #[test]
 fn a_deployment_runs_through_without_a_failed_check() {
     let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let http = conf(&tomcats);
+    let hung = Hanging::start();
+    let http = conf(&tomcats, &hung);
     let (output, _path, _dir) = nginx_test_config(&http);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
@@ -62,6 +68,19 @@ fn a_deployment_runs_through_without_a_failed_check() {
         let r = nginx.get(&format!("/jvm-route/?format={format}"));
         assert_eq!(r.status, 200, "{format}: {r:?}");
     }
+
+    // The checks: the backends pass, the closed port is refused, the hung server times out.
+    let checks_done = || {
+        let body = nginx.get("/jvm-route/?format=json").body;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let of = |u: usize, s: usize| v["upstreams"][u]["servers"][s]["peers"][0]["check"].clone();
+        let errors: Vec<String> =
+            (0..2).map(|s| of(1, s)["last_error"].as_str().unwrap_or("").to_owned()).collect();
+        of(0, 0)["state"] == "up"
+            && of(0, 1)["state"] == "up"
+            && errors == ["connection refused", "timed out"]
+    };
+    assert!(eventually(10, checks_done), "{}", nginx.get("/jvm-route/?format=json").body);
 
     nginx.reload_and_wait(&http, 2);
     let status = nginx.get("/jvm-route/?format=json").body;

@@ -473,6 +473,19 @@ pub unsafe extern "C" fn cmd_jvm_route_status(
             other => return conf_error(cf, ConfError::StatusParameter(lossy(other))),
         }
     }
+    // SAFETY: per the function contract.
+    unsafe { install_status(cf, lcf, status) }
+}
+
+/// Makes the location being read serve the status page `status`.
+///
+/// # Safety
+/// `cf` must be valid and inside a location; `lcf` this module's configuration of it.
+unsafe fn install_status(
+    cf: *mut ngx_conf_t,
+    lcf: &mut LocationConf,
+    status: StatusConf,
+) -> *mut c_char {
     if let Some(name) = &status.upstream {
         // Upstreams may be defined further down; checked at the end of `http {}`.
         // SAFETY: `cf` is valid; `conf_file` names the file being read.
@@ -515,4 +528,197 @@ pub(super) unsafe fn conf_position(cf: *mut ngx_conf_t) -> (String, usize) {
         }
         (lossy(str_bytes(&(*file).file.name)), (*file).line)
     }
+}
+
+/// Notes where the first of `check` and its companions is, for later errors.
+///
+/// # Safety
+/// `cf` must be valid and reading a file.
+unsafe fn note_check_position(
+    cf: *mut ngx_conf_t,
+    ucf: &mut UpstreamConf,
+    directive: &'static str,
+) {
+    if ucf.check_position.is_none() {
+        // SAFETY: per the function contract.
+        let (file, line) = unsafe { conf_position(cf) };
+        ucf.check_position = Some((directive, file, line));
+    }
+}
+
+/// Handler of `check` (nginx_upstream_check_module's parameters).
+///
+/// # Safety
+/// Called by nginx with a valid `cf` inside `upstream {}`; `conf` is this module's
+/// `UpstreamConf` of that upstream.
+pub unsafe extern "C" fn cmd_check(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let params: Vec<&[u8]> = args[1..].iter().map(arg_bytes).collect();
+    let spec = match crate::rules::check::parse_check(&params) {
+        Ok(spec) => spec,
+        Err(err) => return conf_error(cf, err),
+    };
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check") };
+    ucf.check = Some(super::CheckConf {
+        spec,
+        send: crate::rules::check::SEND_DEFAULT.into(),
+        expect: crate::rules::check::EXPECT_DEFAULT,
+    });
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_http_send "REQUEST"`.
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_http_send(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check_send.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let send = arg_bytes(&args[1]);
+    if send.is_empty() || send.len() > 4096 {
+        return conf_error(
+            cf,
+            "invalid value in \"check_http_send\" directive: the request must be 1 to 4096 bytes",
+        );
+    }
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check_http_send") };
+    ucf.check_send = Some(send.into());
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_http_expect_alive http_2xx ...`.
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_http_expect_alive(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check_expect.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let values: Vec<&[u8]> = args[1..].iter().map(arg_bytes).collect();
+    match crate::rules::check::parse_expect(&values) {
+        Ok(mask) => {
+            // SAFETY: per the function contract.
+            unsafe { note_check_position(cf, ucf, "check_http_expect_alive") };
+            ucf.check_expect = Some(mask);
+            ngx::core::NGX_CONF_OK
+        }
+        Err(err) => conf_error(cf, err),
+    }
+}
+
+/// Handler of `check_keepalive_requests N`: accepted for configurations written for
+/// nginx_upstream_check_module; every check opens its own connection.
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_keepalive_requests(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    let value = arg_bytes(&args[1]);
+    let valid = !value.is_empty()
+        && value.len() <= 9
+        && value.iter().all(u8::is_ascii_digit)
+        && value.iter().any(|&b| b != b'0');
+    if !valid {
+        return conf_error(
+            cf,
+            format!(
+                "invalid value \"{}\" in \"check_keepalive_requests\" directive: a number of 1 \
+                 or more",
+                lossy(value)
+            ),
+        );
+    }
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check_keepalive_requests") };
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_shm_size SIZE` (http): accepted for configurations written for
+/// nginx_upstream_check_module; the check state lives in this module's zone, which is sized
+/// by what it holds.
+///
+/// # Safety
+/// Called by nginx with a valid `cf` in the `http` block.
+pub unsafe extern "C" fn cmd_check_shm_size(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let args = unsafe { args(cf) };
+    let mut value = args[1];
+    // SAFETY: `value` is an argument of the directive being read.
+    if unsafe { ngx::ffi::ngx_parse_size(&mut value) } <= 0 {
+        return conf_error(
+            cf,
+            format!(
+                "invalid value \"{}\" in \"check_shm_size\" directive: a size such as 1m",
+                lossy(arg_bytes(&args[1]))
+            ),
+        );
+    }
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_status [html|csv|json]`: this module's status page of every upstream
+/// with `jvm_route`, in that format unless the request asks for another (`csv` gives the
+/// text format).
+///
+/// # Safety
+/// Called by nginx with a valid `cf` in a location; `conf` is this module's `LocationConf`.
+pub unsafe extern "C" fn cmd_check_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (lcf, args) = unsafe { (&mut *conf.cast::<LocationConf>(), args(cf)) };
+    if lcf.status.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let format: &'static [u8] = match args.get(1).map(arg_bytes) {
+        None | Some(b"html") => b"html",
+        Some(b"json") => b"json",
+        Some(b"csv") => b"text",
+        Some(other) => {
+            return conf_error(
+                cf,
+                format!(
+                    "invalid format \"{}\" in \"check_status\" directive: use html, csv or json",
+                    lossy(other)
+                ),
+            )
+        }
+    };
+    let status = StatusConf { default_format: Some(format), ..StatusConf::default() };
+    // SAFETY: per the function contract.
+    unsafe { install_status(cf, lcf, status) }
 }

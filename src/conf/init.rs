@@ -78,6 +78,38 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 return ngx::core::NGX_CONF_ERROR as *mut c_char;
             }
         }
+        if let Some((directive, file, line)) = ucf.check_position.clone() {
+            let problem = if ucf.jvm_route.is_none() {
+                Some("needs \"jvm_route\" in the same upstream (this module's checks work with it)")
+            } else if ucf.check.is_none() {
+                Some("needs \"check\" in the same upstream")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    // SAFETY: `cf->log` is the configuration log.
+                    unsafe { (*cf).log },
+                    "\"{}\" {} in {}:{}",
+                    directive,
+                    problem,
+                    file,
+                    line
+                );
+                return ngx::core::NGX_CONF_ERROR as *mut c_char;
+            }
+            let (send, expect) = (ucf.check_send.take(), ucf.check_expect.take());
+            if let Some(check) = ucf.check.as_mut() {
+                if let Some(send) = send {
+                    check.send = send;
+                }
+                if let Some(expect) = expect {
+                    check.expect = expect;
+                }
+            }
+            main.checks = true;
+        }
         if ucf.jvm_route.is_none() {
             if ucf.srun_ids.iter().any(Option::is_some) {
                 // SAFETY: `cf` is the configuration being read; `uscf` one of its upstreams.
@@ -127,6 +159,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 weight: server.weight as u64,
                 configured,
                 weights: takes_weights,
+                check_slots: if ucf.check.is_some() { crate::check::slots_of(server) } else { 0 },
             });
         }
         // The header filter reads the session cookies a server issues when the session id

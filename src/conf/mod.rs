@@ -53,6 +53,17 @@ pub struct RouteCookie {
     pub attributes: Box<[u8]>,
 }
 
+/// Active health checks of one upstream (`check` and the directives that go with it).
+#[derive(Debug)]
+pub struct CheckConf {
+    /// `check`'s parameters.
+    pub spec: crate::rules::check::CheckSpec,
+    /// `check_http_send` (or its default).
+    pub send: Box<[u8]>,
+    /// `check_http_expect_alive` as a mask of status classes (or its default).
+    pub expect: u8,
+}
+
 /// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
 #[derive(Default)]
 pub struct UpstreamConf {
@@ -86,6 +97,16 @@ pub struct UpstreamConf {
     /// Whether the session cookies that its servers issue are checked against their srun_ids
     /// (the session id comes from a cookie, and some server has a srun_id).
     pub checks_issued: bool,
+    /// `check`, once the upstream is read (with `check_http_send` and
+    /// `check_http_expect_alive` folded in).
+    pub check: Option<CheckConf>,
+    /// `check_http_send`, as read.
+    pub check_send: Option<Box<[u8]>>,
+    /// `check_http_expect_alive`, as read.
+    pub check_expect: Option<u8>,
+    /// Where `check` and its companions are: (directive, file, line) of the first one, to
+    /// report a companion without `check` or an upstream without `jvm_route`.
+    pub check_position: Option<(&'static str, String, usize)>,
     /// The shared zone of the counters and runtime marks: set by `init` only, to the zone it
     /// declared (which `stats` relies on).
     zone: Option<NonNull<ngx_shm_zone_t>>,
@@ -120,6 +141,8 @@ pub struct MainConf {
     status_names: Vec<(Box<[u8]>, String, usize)>,
     /// Whether some location has `jvm_route_status` (its form bodies are limited while read).
     pub has_status: bool,
+    /// Whether some upstream has `check`: every worker then runs the checks.
+    pub checks: bool,
     /// Every location with `jvm_route_status`, with its server block's core configuration:
     /// the server's names are copied into the location's `StatusConf` at the end of `http {}`.
     pub status_servers: Vec<(*mut LocationConf, *const ngx::ffi::ngx_http_core_srv_conf_t)>,
@@ -145,6 +168,8 @@ pub struct StatusConf {
     /// expression), copied at the end of `http {}`: nginx keeps its own list in the
     /// configuration's temporary pool, gone once the configuration is read.
     pub server_names: Vec<Box<[u8]>>,
+    /// The format when the request names none (`check_status html|csv|json`).
+    pub default_format: Option<&'static [u8]>,
 }
 
 /// This module's configuration of a location.

@@ -4,6 +4,7 @@
 //! ([`failover`]), a server line's state ([`marks`]), and whether the session ids a server
 //! issues name its srun_id ([`issued`]). Unit and property tests here; the fuzz targets include these files by path.
 
+pub mod check;
 pub mod failover;
 pub mod issued;
 pub mod marks;

@@ -24,6 +24,7 @@ td.name, th.name, td.addr { text-align: left; }
 .state { display: inline-block; min-width: 6em; text-align: center; border-radius: 3px; padding: 0 .4em; color: #fff; }
 .s-up { background: #2e8540; } .s-backup { background: #4a77b4; } .s-draining { background: #d88b00; }
 .s-down { background: #b3261e; } .s-failed { background: #7a1f1a; } .s-unresolved { background: #777; }
+.s-unhealthy { background: #8e24aa; }
 form { display: inline; margin: 0; }
 button { font: inherit; font-size: .9em; margin: 0 .1em; padding: .1em .5em; cursor: pointer; }
 input.weight { width: 4.5em; font: inherit; font-size: .9em; }
@@ -62,6 +63,7 @@ function update(data) {
       for (const f of ["weight", "active", "requests", "hits", "failovers_from", "failovers_to", "failures", "route_mismatch", "route_missing"]) {
         setText(cell(row, f), s[f]);
       }
+      setText(cell(row, "check"), s.peers.filter((p) => p.check).map((p) => p.check.state + (p.check.last_error !== "-" ? " (" + p.check.last_error + ")" : "")).join(", ") || "-");
       setText(cell(row, "share"), s.requests ? Math.round(100 * s.hits / s.requests) + "%" : "-");
       const key = upstream.name + "\u0000" + i;
       const series = history.get(key) || { label: upstream.name + " " + (s.srun_id || s.server), points: [] };
@@ -189,7 +191,7 @@ pub(super) fn page(rows: &[UpstreamRow], control_path: Option<&str>) -> String {
              <th class=\"name\">addresses</th><th>state</th><th>weight</th><th>active</th>\
              <th>requests</th><th>hits</th><th>sticky</th><th>failovers from</th>\
              <th>failovers to</th><th>failures</th><th>route mismatch</th>\
-             <th>route missing</th>{}</tr></thead>\n<tbody>\n",
+             <th>route missing</th><th class=\"name\">check</th>{}</tr></thead>\n<tbody>\n",
             escape(&upstream.name),
             upstream.with_session,
             upstream.without_session,
@@ -233,12 +235,14 @@ fn row(out: &mut String, upstream: &str, s: &ServerRow, control_path: Option<&st
          <td data-field=\"share\">{share}</td><td data-field=\"failovers_from\">{from}</td>\
          <td data-field=\"failovers_to\">{to}</td><td data-field=\"failures\">{failures}</td>\
          <td data-field=\"route_mismatch\">{mismatch}</td>\
-         <td data-field=\"route_missing\">{missing}</td>",
+         <td data-field=\"route_missing\">{missing}</td>\
+         <td class=\"name\" data-field=\"check\">{}</td>",
         escape(if s.srun_id.is_empty() { "-" } else { &s.srun_id }),
         escape(&s.server),
         if addresses.is_empty() { "(none)".to_string() } else { escape(&addresses.join(", ")) },
         s.weight,
         s.active(),
+        escape(&super::render::check_text(s)),
         state = s.state,
     );
     if let Some(path) = control_path {

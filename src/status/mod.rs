@@ -37,6 +37,37 @@ struct PeerRow {
     address: String,
     state: &'static str,
     active: u64,
+    check: Option<CheckRow>,
+}
+
+/// What the active checks say of one address.
+#[derive(Clone, Copy)]
+struct CheckRow {
+    /// Out by its checks.
+    down: bool,
+    /// Consecutive passes and failures.
+    passes: u32,
+    fails: u32,
+    /// Seconds since its last check ended (None: never checked yet).
+    age: Option<u64>,
+    /// Why the last check failed ([`rules::check::error`](crate::rules::check::error)).
+    error: u64,
+    /// Checks done.
+    checks: u64,
+}
+
+impl CheckRow {
+    fn state(&self) -> &'static str {
+        if self.down {
+            "down"
+        } else {
+            "up"
+        }
+    }
+
+    fn error(&self) -> String {
+        crate::rules::check::error::describe(self.error)
+    }
 }
 
 /// One server line as the status page shows it.
@@ -154,7 +185,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let args = unsafe { bytes((*r).args) };
     // SAFETY: `r` is live.
     let browser = unsafe { control::header(r, b"accept") }.is_some_and(html::prefers_html);
-    let format = arg(args, b"format").or(browser.then_some(&b"html"[..]));
+    let format = arg(args, b"format").or(conf.default_format).or(browser.then_some(&b"html"[..]));
     let head = method == NGX_HTTP_HEAD;
     if format == Some(b"html") {
         // The forms post back to this location, by the path as the client wrote it (still
@@ -370,8 +401,12 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
                     let rows = rows_of.get(&(line as u32)).map_or_else(Vec::new, |peers| {
                         peers.iter().map(|p| p.row()).collect::<Vec<PeerRow>>()
                     });
+                    let unhealthy =
+                        !rows.is_empty() && rows.iter().all(|p| p.check.is_some_and(|c| c.down));
                     let state = if server.down != 0 || marked == Some(State::Down) {
                         "down"
+                    } else if unhealthy {
+                        "unhealthy"
                     } else if marked == Some(State::Draining) {
                         "draining"
                     } else if rows.is_empty() {
@@ -419,6 +454,7 @@ struct PeerSnapshot {
     address_len: usize,
     state: &'static str,
     active: u64,
+    check: Option<CheckRow>,
 }
 
 impl PeerSnapshot {
@@ -427,6 +463,7 @@ impl PeerSnapshot {
             address: lossy(&self.address[..self.address_len]),
             state: self.state,
             active: self.active,
+            check: self.check,
         }
     }
 }
@@ -435,6 +472,7 @@ impl PeerSnapshot {
 /// allocated before they are taken. None if the lists changed since the view was built.
 fn snapshot(view: &View, now: time_t) -> Option<Vec<(u32, PeerSnapshot)>> {
     let mut out = Vec::with_capacity(view.primary.len() + view.backup.len());
+    let wall = crate::check::wall_now();
     for (kind, list) in [(PeerList::Primary, view.list), (PeerList::Backup, view.backup_list())] {
         if list.is_null() {
             continue;
@@ -457,14 +495,33 @@ fn snapshot(view: &View, now: time_t) -> Option<Vec<(u32, PeerSnapshot)>> {
             address[..address_len].copy_from_slice(&name[..address_len]);
             // The line's state in the same words as the line's row; a peer of a line that is up
             // may have failed.
+            let check = match (info.slot, view.stats, view.check_default_down) {
+                (Some(slot), Some(stats), Some(default_down)) => {
+                    crate::check::peer_health(&stats, slot, info.key, default_down).map(
+                        |(health, last, error, checks)| CheckRow {
+                            down: health.down,
+                            passes: health.passes,
+                            fails: health.fails,
+                            age: (last != 0).then(|| wall.saturating_sub(last) / 1000),
+                            error,
+                            checks,
+                        },
+                    )
+                }
+                _ => None,
+            };
             let state = match info.slot.and_then(|slot| view.stats.map(|s| s.effective(slot))) {
                 Some(State::Down) => "down",
-                Some(State::Draining) => "draining",
                 _ if info.config_down => "down",
+                _ if check.is_some_and(|c| c.down) => "unhealthy",
+                Some(State::Draining) => "draining",
                 _ if failed => "failed",
                 _ => "up",
             };
-            out.push((line, PeerSnapshot { address, address_len, state, active: active as u64 }));
+            out.push((
+                line,
+                PeerSnapshot { address, address_len, state, active: active as u64, check },
+            ));
         }
     }
     Some(out)

@@ -15,7 +15,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}",
+            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  check",
             "srun_id",
             "address",
             "state",
@@ -27,7 +27,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             "failovers_to",
             "failures",
             "route_mismatch",
-            "route_missing"
+            "route_missing",
         );
         for s in &u.servers {
             let srun_id = if s.srun_id.is_empty() { "-" } else { &s.srun_id };
@@ -36,7 +36,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             let [requests, hits, from, to, failures, mismatch, missing] = s.counters;
             let _ = writeln!(
                 out,
-                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}",
+                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  {}",
                 srun_id,
                 address,
                 s.state,
@@ -48,11 +48,34 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
                 to,
                 failures,
                 mismatch,
-                missing
+                missing,
+                check_text(s)
             );
         }
     }
     out
+}
+
+/// The text format's check column: each address's check state, and why its last check failed
+/// (`-` without `check`).
+pub(super) fn check_text(s: &ServerRow) -> String {
+    let parts: Vec<String> = s
+        .peers
+        .iter()
+        .filter_map(|p| p.check)
+        .map(|c| {
+            if c.error == 0 {
+                c.state().to_string()
+            } else {
+                format!("{} ({})", c.state(), c.error())
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn json_string(s: &str) -> String {
@@ -82,8 +105,19 @@ fn json_server(s: &ServerRow) -> String {
         .peers
         .iter()
         .map(|p| {
+            let check = p.check.map_or("null".to_string(), |c| {
+                format!(
+                    "{{\"state\":\"{}\",\"passes\":{},\"fails\":{},\"last_check_age\":{},\"last_error\":{},\"checks\":{}}}",
+                    c.state(),
+                    c.passes,
+                    c.fails,
+                    c.age.map_or("null".to_string(), |a| a.to_string()),
+                    json_string(&c.error()),
+                    c.checks
+                )
+            });
             format!(
-                "{{\"address\":{},\"state\":\"{}\",\"active\":{}}}",
+                "{{\"address\":{},\"state\":\"{}\",\"active\":{},\"check\":{check}}}",
                 json_string(&p.address),
                 p.state,
                 p.active
@@ -128,7 +162,7 @@ fn label(s: &str) -> String {
 }
 
 /// The states a server line can be in, for the state gauge.
-const STATES: [&str; 6] = ["up", "down", "draining", "failed", "backup", "unresolved"];
+const STATES: [&str; 7] = ["up", "down", "draining", "failed", "backup", "unresolved", "unhealthy"];
 
 /// Prometheus text exposition: one series per server line, labelled with its configured name.
 pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
@@ -204,5 +238,57 @@ pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
             }
         }
     }
+    // Per checked address.
+    let checked = |f: &dyn Fn(&super::CheckRow) -> u64,
+                   name: &str,
+                   kind: &str,
+                   help: &str,
+                   out: &mut String| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for u in rows {
+            for s in &u.servers {
+                for p in &s.peers {
+                    if let Some(c) = &p.check {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{{},address=\"{}\"}} {}",
+                            labels(u, s),
+                            label(&p.address),
+                            f(c)
+                        );
+                    }
+                }
+            }
+        }
+    };
+    checked(
+        &|c| u64::from(!c.down),
+        "jvm_route_check_up",
+        "gauge",
+        "1 if the address passes its active checks, 0 if they took it out.",
+        &mut out,
+    );
+    checked(
+        &|c| c.checks,
+        "jvm_route_check_total",
+        "counter",
+        "Active checks of the address.",
+        &mut out,
+    );
+    checked(
+        &|c| u64::from(c.fails),
+        "jvm_route_check_consecutive_fails",
+        "gauge",
+        "Active checks of the address that failed in a row.",
+        &mut out,
+    );
+    checked(
+        &|c| u64::from(c.passes),
+        "jvm_route_check_consecutive_passes",
+        "gauge",
+        "Active checks of the address that passed in a row.",
+        &mut out,
+    );
     out
 }

@@ -224,6 +224,15 @@ impl Tomcat {
         }
     }
 
+    /// Sends `signal` to the JVM (`SIGSTOP`: a hung Tomcat that accepts connections and
+    /// answers nothing; `SIGCONT` to wake it).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Whether it is running.
     pub fn running(&self) -> bool {
         self.child.is_some()

@@ -1,0 +1,657 @@
+//! Active health checks: the state machine on nginx's events (timers and connections), in
+//! one place. The rules (what `check` means, what answer passes, rise and fall) are in
+//! [`rules::check`](crate::rules::check); the health of every checked address is in the shared
+//! zone ([`zone::Stats::check_claim`](crate::zone::Stats::check_claim) and what follows it).
+//!
+//! Every worker runs a timer (`tick`). On each tick it walks the peers of every upstream with
+//! `check` (through its own view of them, under the list's read lock, copying the addresses
+//! into room it reserved before), finds or claims each address's check slot in the zone, and
+//! starts a check of every slot whose turn it takes ([`zone::Stats::check_take_turn`]: one
+//! worker per interval, whichever asks first once the check is due). So each address is
+//! checked once per interval whatever `worker_processes` is, and when a worker dies the next
+//! turn goes to another one. A check is one non-blocking connection
+//! (`ngx_event_connect_peer`): for `tcp` it passes once connected; for `http` it sends the
+//! request and reads the status line; for `ssl_hello` it sends a ClientHello and reads the
+//! first byte of the answer. Its timers are those of the connection's events; the connection
+//! is closed when the check ends, whatever ends it. The result goes to the zone; a change
+//! between up and down moves the zone's generation, so every worker applies it to its peers
+//! (`down`) before its next request ([`worker::View::apply_marks`](crate::worker::View)), and
+//! the worker that saw the change logs it once.
+//!
+//! A worker that is exiting (reload, shutdown) or whose zone a newer cycle superseded starts no
+//! more checks; the checks it has running end within their timeout.
+
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::ptr::{self, addr_of_mut};
+
+use ngx::ffi::{
+    ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_connect_peer,
+    ngx_event_get_peer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t,
+    ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_str_t, NGX_AGAIN, NGX_ERROR, NGX_LOG_CRIT,
+    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+};
+use ngx::http::HttpModuleServerConf;
+
+use crate::conf::{servers, CheckConf, UpstreamConf};
+use crate::ffi::{lossy, str_bytes};
+use crate::rules::check::{
+    alive, error, status_line, tls_answer, with_host, Answer, CheckType, Health,
+};
+use crate::rules::failover::hash64;
+use crate::zone::Stats;
+use crate::Module;
+
+/// Check slots of a `resolve` server line: the addresses of it that are checked.
+pub const RESOLVE_SLOTS: u32 = 8;
+
+/// The most of a server's answer read: a status line, or the first byte of a TLS record.
+const ANSWER_LEN: usize = 256;
+
+/// Room for one socket address (`struct sockaddr_storage`).
+const SOCKADDR_LEN: usize = 128;
+
+/// The check slots a server line needs: one per address (a `resolve` server: up to
+/// [`RESOLVE_SLOTS`]).
+pub fn slots_of(server: &ngx::ffi::ngx_http_upstream_server_t) -> u32 {
+    if crate::ffi::server_resolves(server) {
+        RESOLVE_SLOTS
+    } else {
+        u32::try_from(server.naddrs).unwrap_or(u32::MAX).max(1)
+    }
+}
+
+/// The key of an address in the zone: a hash of its `sockaddr` bytes (never 0).
+pub fn address_key(sockaddr: &[u8]) -> u64 {
+    hash64(&[b"check", sockaddr]).max(1)
+}
+
+/// The key of a peer's address.
+///
+/// # Safety
+/// `peer` must be valid and its list locked (or not shared).
+pub unsafe fn peer_key(peer: *const ngx::ffi::ngx_http_upstream_rr_peer_t) -> u64 {
+    // SAFETY: per the function contract; `sockaddr` is `socklen` bytes, written when the peer
+    // is made.
+    unsafe {
+        let sa = (*peer).sockaddr;
+        if sa.is_null() {
+            return 1;
+        }
+        address_key(crate::ffi::slice(sa.cast::<u8>(), (*peer).socklen as usize))
+    }
+}
+
+/// Monotonic milliseconds (the same clock in every process of the machine).
+fn now() -> u64 {
+    // SAFETY: nginx updates the cached time on its own thread of this process; a read of it.
+    unsafe { ngx::ffi::ngx_current_msec as u64 }
+}
+
+/// Wall-clock milliseconds, for the status page.
+fn wall_ms() -> u64 {
+    // SAFETY: `ngx_cached_time` points to nginx's cached time of this process.
+    unsafe {
+        let tp = ngx::ffi::ngx_cached_time;
+        if tp.is_null() {
+            return 0;
+        }
+        ((*tp).sec as u64) * 1000 + (*tp).msec as u64
+    }
+}
+
+/// One address to check this tick, copied out of the locked peer list.
+struct Target {
+    sockaddr: [u8; SOCKADDR_LEN],
+    socklen: usize,
+    /// The address as text (`10.0.0.1:8080`), for the log.
+    name: [u8; 64],
+    name_len: usize,
+    /// Its server line (index in `uscf->servers`).
+    line: usize,
+}
+
+/// A check under way: owned by its connection (`c->data`) until it ends.
+struct Probe {
+    pc: ngx_peer_connection_t,
+    sockaddr: [u8; SOCKADDR_LEN],
+    name: ngx_str_t,
+    name_bytes: [u8; 64],
+    /// The zone slot of the check, and the zone.
+    index: usize,
+    stats: Stats,
+    check: *const CheckConf,
+    /// The request sent (`check_http_send` with `Host`, or the ClientHello), and how much of
+    /// it is sent.
+    request: Vec<u8>,
+    sent: usize,
+    answer: [u8; ANSWER_LEN],
+    read: usize,
+    connected: bool,
+    /// When the check must be over (monotonic ms).
+    deadline: u64,
+    /// For the log: the upstream, the server line's srun_id and its name.
+    upstream: *const UpstreamConf,
+    upstream_name: ngx_str_t,
+    line: usize,
+}
+
+/// This worker's state: its timer, the log its checks' connections write to, the slots it
+/// checks now, and the room for targets.
+struct Worker {
+    tick: ngx_event_t,
+    log: ngx_log_t,
+    busy: Vec<bool>,
+    targets: Vec<Target>,
+    cycle: *mut ngx_cycle_t,
+    period: u64,
+}
+
+struct WorkerCell(UnsafeCell<Option<Box<Worker>>>);
+
+// SAFETY: only the worker's event-loop thread touches it (timers and connection handlers run
+// there); nginx's thread pools never run these.
+unsafe impl Sync for WorkerCell {}
+
+static WORKER: WorkerCell = WorkerCell(UnsafeCell::new(None));
+
+/// The worker's state.
+///
+/// # Safety
+/// Only from the worker's event-loop thread, and no two references at once.
+unsafe fn worker<'a>() -> Option<&'a mut Worker> {
+    // SAFETY: per the function contract.
+    unsafe { (*WORKER.0.get()).as_deref_mut() }
+}
+
+/// The module's `init_process`: a worker of a configuration with `check` starts its timer.
+///
+/// # Safety
+/// Called by nginx in each new worker process with its cycle.
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: per the function contract: the http module's main configuration of the cycle.
+    let main = unsafe { http_main_conf(cycle) };
+    let Some(main) = main else { return NGX_OK as ngx_int_t };
+    if !main.checks {
+        return NGX_OK as ngx_int_t;
+    }
+    let mut period = 1000u64;
+    for &uscf in &main.upstreams {
+        // SAFETY: the upstream configurations live as long as the cycle.
+        if let Some(check) = Module::server_conf(unsafe { &*uscf }).and_then(|u| u.check.as_ref()) {
+            period = period.min(check.spec.interval / 4);
+        }
+    }
+    // SAFETY: an all-zero event and log are valid values of the C structs; both are set up
+    // below before nginx sees them.
+    let mut w: Box<Worker> = Box::new(unsafe {
+        Worker {
+            tick: std::mem::zeroed(),
+            log: std::mem::zeroed(),
+            busy: Vec::new(),
+            targets: Vec::new(),
+            cycle,
+            period: period.clamp(50, 1000),
+        }
+    });
+    // SAFETY: `cycle->log` is the worker's log. The checks' connections log through a copy
+    // that drops messages below `crit`: a server that refuses connections is reported once
+    // per change by this module, not by nginx at every check.
+    unsafe {
+        w.log = *(*cycle).log;
+        w.log.log_level = NGX_LOG_CRIT as ngx::ffi::ngx_uint_t;
+        w.log.next = ptr::null_mut();
+        w.log.handler = None;
+        w.log.data = ptr::null_mut();
+        w.tick.handler = Some(tick);
+        w.tick.log = (*cycle).log;
+        w.tick.data = cycle.cast();
+        // A worker that exits does not wait for this timer.
+        w.tick.set_cancelable(1);
+    }
+    // SAFETY: this worker's thread; the box lives until the process exits (never freed while
+    // its timer may fire).
+    unsafe {
+        *WORKER.0.get() = Some(w);
+        if let Some(w) = worker() {
+            // A first round at once: with `default_down`, servers are out until checked.
+            ngx::ffi::ngx_add_timer(addr_of_mut!(w.tick), 1);
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// The http main configuration of this module in `cycle`.
+///
+/// # Safety
+/// `cycle` must be a complete cycle.
+unsafe fn http_main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a crate::conf::MainConf> {
+    // SAFETY: per the function contract: `conf_ctx` holds the http module's contexts.
+    unsafe {
+        let ctx = *(*cycle).conf_ctx.add(ngx::ffi::ngx_http_module.index);
+        if ctx.is_null() {
+            return None;
+        }
+        let http = &*ctx.cast::<ngx::ffi::ngx_http_conf_ctx_t>();
+        let index = <Module as ngx::http::HttpModule>::module().ctx_index;
+        http.main_conf.add(index).read().cast::<crate::conf::MainConf>().as_ref()
+    }
+}
+
+/// The worker's timer: starts the checks that are due, and sets itself again.
+unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
+    // SAFETY: nginx runs timers on the worker's thread; the state was set at `init_process`.
+    let Some(w) = (unsafe { worker() }) else { return };
+    // SAFETY: globals of this process, written by its signal handlers.
+    let stopping = unsafe {
+        ngx::ffi::ngx_exiting != 0 || ngx::ffi::ngx_terminate != 0 || ngx::ffi::ngx_quit != 0
+    };
+    if stopping {
+        return;
+    }
+    // SAFETY: the cycle this worker runs.
+    let Some(main) = (unsafe { http_main_conf(w.cycle) }) else { return };
+    let mut superseded = false;
+    for &uscf in &main.upstreams {
+        // SAFETY: the upstream configurations live as long as the cycle.
+        let uscf = unsafe { &*uscf };
+        let Some(ucf) = Module::server_conf(uscf) else { continue };
+        let (Some(check), Some(stats)) = (ucf.check.as_ref(), ucf.stats()) else { continue };
+        if stats.superseded() {
+            superseded = true;
+            break;
+        }
+        // SAFETY: this worker's thread; `uscf` and `ucf` belong to its cycle.
+        unsafe { run_upstream(w, uscf, ucf, check, &stats) };
+    }
+    if superseded {
+        // A newer cycle has this zone's successor: its workers check.
+        return;
+    }
+    // SAFETY: `ev` is this worker's timer event.
+    unsafe { ngx::ffi::ngx_add_timer(ev, w.period as ngx_msec_t) };
+}
+
+/// Starts the checks of one upstream whose turn this worker takes.
+///
+/// # Safety
+/// The worker's thread; `uscf` and `ucf` belong to the running cycle.
+unsafe fn run_upstream(
+    w: &mut Worker,
+    uscf: &ngx::ffi::ngx_http_upstream_srv_conf_t,
+    ucf: &UpstreamConf,
+    check: &CheckConf,
+    stats: &Stats,
+) {
+    // SAFETY: the view is used in this function only.
+    let Some(view) = (unsafe { crate::worker::current(ucf, uscf) }) else { return };
+    w.targets.clear();
+    // Room first: nothing is allocated under the lock.
+    w.targets.reserve(view.primary.len() + view.backup.len());
+    for (infos, list) in [(&view.primary, view.list), (&view.backup, view.backup_list())] {
+        if list.is_null() {
+            continue;
+        }
+        // SAFETY: `list` is one of the view's lists.
+        let Some(_lock) = (unsafe { view.lock(list, false, None) }) else { return };
+        for info in infos {
+            let Some(line) = info.line else { continue };
+            if w.targets.len() == w.targets.capacity() {
+                break;
+            }
+            let peer = info.peer;
+            // SAFETY: the peer belongs to the read-locked list at the view's generation; its
+            // address and name are written only when it is made.
+            let (sa, name) = unsafe {
+                let sa = crate::ffi::slice((*peer).sockaddr.cast::<u8>(), (*peer).socklen as usize);
+                (sa, str_bytes(&(*peer).name))
+            };
+            let mut t = Target {
+                sockaddr: [0; SOCKADDR_LEN],
+                socklen: sa.len().min(SOCKADDR_LEN),
+                name: [0; 64],
+                name_len: name.len().min(64),
+                line: line as usize,
+            };
+            t.sockaddr[..t.socklen].copy_from_slice(&sa[..t.socklen]);
+            t.name[..t.name_len].copy_from_slice(&name[..t.name_len]);
+            w.targets.push(t);
+        }
+    }
+    let spec = check.spec;
+    let now = now();
+    let stale = spec.interval.saturating_mul(3).saturating_add(spec.timeout);
+    let period = spec.interval.max(spec.timeout);
+    let initial = Health::initial(&spec);
+    let targets = std::mem::take(&mut w.targets);
+    for t in &targets {
+        let slot = ucf.slot_base + t.line;
+        let key = address_key(&t.sockaddr[..t.socklen]);
+        let Some(index) = stats.check_claim(slot, key, now, stale, initial) else { continue };
+        if w.busy.len() <= index {
+            w.busy.resize(index + 1, false);
+        }
+        if w.busy[index] || !stats.check_take_turn(index, now, period) {
+            continue;
+        }
+        // SAFETY: the worker's thread; everything the probe points to outlives it (the
+        // configuration lives until this worker exits).
+        if unsafe { start(w, t, index, stats, check, ucf, uscf) } {
+            w.busy[index] = true;
+        }
+    }
+    w.targets = targets;
+}
+
+/// Starts one check; false if it ended at once (its result is recorded then).
+///
+/// # Safety
+/// As [`run_upstream`].
+unsafe fn start(
+    w: &mut Worker,
+    t: &Target,
+    index: usize,
+    stats: &Stats,
+    check: &CheckConf,
+    ucf: &UpstreamConf,
+    uscf: &ngx::ffi::ngx_http_upstream_srv_conf_t,
+) -> bool {
+    // SAFETY: `uscf` is nginx's; its server names are configuration memory.
+    let host = unsafe { servers(uscf) }
+        .get(t.line)
+        // SAFETY: as above.
+        .map_or(&[][..], |s| unsafe { str_bytes(&s.name) });
+    let request = match check.spec.kind {
+        CheckType::Tcp => Vec::new(),
+        CheckType::Http => with_host(&check.send, host),
+        CheckType::SslHello => crate::rules::check::CLIENT_HELLO.to_vec(),
+    };
+    let mut probe = Box::new(Probe {
+        // SAFETY: an all-zero peer connection is a valid value of the C struct; the fields
+        // nginx reads are set below.
+        pc: unsafe { std::mem::zeroed() },
+        sockaddr: t.sockaddr,
+        name: ngx_str_t { len: 0, data: ptr::null_mut() },
+        name_bytes: t.name,
+        index,
+        stats: *stats,
+        check,
+        request,
+        sent: 0,
+        answer: [0; ANSWER_LEN],
+        read: 0,
+        connected: false,
+        deadline: now() + check.spec.timeout,
+        upstream: ucf,
+        // SAFETY: the upstream's name is configuration memory.
+        upstream_name: uscf.host,
+        line: t.line,
+    });
+    if check.spec.port != 0 {
+        set_port(&mut probe.sockaddr, check.spec.port);
+    }
+    let p: *mut Probe = &mut *probe;
+    // SAFETY: `p` is the box's, which stays where it is until `finish` frees it; the peer
+    // connection points into it.
+    unsafe {
+        (*p).name = ngx_str_t { len: t.name_len, data: (*p).name_bytes.as_mut_ptr() };
+        (*p).pc.sockaddr = (*p).sockaddr.as_mut_ptr().cast();
+        (*p).pc.socklen = t.socklen as _;
+        (*p).pc.name = &mut (*p).name;
+        (*p).pc.get = Some(ngx_event_get_peer);
+        (*p).pc.log = &mut w.log;
+        (*p).pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_IGNORE_ECONNRESET);
+    }
+    let probe = Box::into_raw(probe);
+    // SAFETY: the peer connection is complete; nginx opens a non-blocking socket and adds it to
+    // the event loop, or returns an error with nothing left open.
+    let rc = unsafe { ngx_event_connect_peer(&mut (*probe).pc) };
+    if rc == NGX_ERROR as ngx_int_t || rc == ngx::ffi::NGX_BUSY as ngx_int_t
+        || rc == ngx::ffi::NGX_DECLINED as ngx_int_t
+        // SAFETY: `probe` is live.
+        || unsafe { (*probe).pc.connection.is_null() }
+    {
+        // SAFETY: `probe` came from `Box::into_raw` above and no connection refers to it.
+        unsafe { finish(probe, error::REFUSED) };
+        return false;
+    }
+    // SAFETY: nginx made the connection; from now on it owns the probe through `c->data`, and
+    // `finish` closes the connection and frees the probe, once.
+    unsafe {
+        let c = (*probe).pc.connection;
+        (*c).data = probe.cast();
+        (*(*c).read).handler = Some(on_event);
+        (*(*c).write).handler = Some(on_event);
+        (*c).log = &mut w.log;
+        (*(*c).read).log = &mut w.log;
+        (*(*c).write).log = &mut w.log;
+        ngx::ffi::ngx_add_timer((*c).write, (*(*probe).check).spec.timeout as ngx_msec_t);
+        if rc == NGX_OK as ngx_int_t {
+            step(probe);
+        }
+    }
+    true
+}
+
+/// Sets the port of an IPv4 or IPv6 socket address (`port=`).
+fn set_port(sockaddr: &mut [u8; SOCKADDR_LEN], port: u16) {
+    let family = u16::from_ne_bytes([sockaddr[0], sockaddr[1]]);
+    if family == libc::AF_INET as u16 || family == libc::AF_INET6 as u16 {
+        sockaddr[2..4].copy_from_slice(&port.to_be_bytes());
+    }
+}
+
+/// The handler of both events of a check's connection.
+unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this for the events of a check's connection only, whose `data` is
+    // the probe until `finish`, which closes the connection (no event of it fires after).
+    unsafe {
+        let c = (*ev).data.cast::<ngx_connection_t>();
+        let probe = (*c).data.cast::<Probe>();
+        if (*ev).timedout() != 0 {
+            finish(probe, error::TIMEOUT);
+            return;
+        }
+        step(probe);
+    }
+}
+
+/// Moves a check on as far as its socket allows.
+///
+/// # Safety
+/// `probe` must be a live probe whose connection is open.
+unsafe fn step(probe: *mut Probe) {
+    // SAFETY: per the function contract.
+    unsafe {
+        let p = &mut *probe;
+        let c = p.pc.connection;
+        if !p.connected {
+            if let Err(code) = connect_result(c) {
+                finish(probe, code);
+                return;
+            }
+            p.connected = true;
+            if (*p.check).spec.kind == CheckType::Tcp {
+                finish(probe, error::NONE);
+                return;
+            }
+        }
+        while p.sent < p.request.len() {
+            let Some(send) = (*c).send else {
+                finish(probe, error::SOCKET);
+                return;
+            };
+            let n = send(c, p.request.as_mut_ptr().add(p.sent), p.request.len() - p.sent);
+            if n == NGX_AGAIN as isize {
+                if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
+                    finish(probe, error::SOCKET);
+                }
+                return;
+            }
+            if n <= 0 {
+                finish(probe, error::SOCKET);
+                return;
+            }
+            p.sent += n as usize;
+        }
+        // Sent: the rest of the time is the answer's.
+        if (*(*c).write).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer((*c).write);
+        }
+        if (*(*c).read).timer_set() == 0 {
+            let left = p.deadline.saturating_sub(now()).max(1);
+            ngx::ffi::ngx_add_timer((*c).read, left as ngx_msec_t);
+        }
+        loop {
+            let Some(recv) = (*c).recv else {
+                finish(probe, error::SOCKET);
+                return;
+            };
+            if p.read == ANSWER_LEN {
+                finish(probe, error::INVALID);
+                return;
+            }
+            let n = recv(c, p.answer.as_mut_ptr().add(p.read), ANSWER_LEN - p.read);
+            if n == NGX_AGAIN as isize {
+                if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+                    finish(probe, error::SOCKET);
+                }
+                return;
+            }
+            if n < 0 {
+                finish(probe, error::SOCKET);
+                return;
+            }
+            if n == 0 {
+                finish(probe, error::CLOSED);
+                return;
+            }
+            p.read += n as usize;
+            let check = &*p.check;
+            let answer = match check.spec.kind {
+                CheckType::SslHello => tls_answer(&p.answer[..p.read]),
+                _ => status_line(&p.answer[..p.read]),
+            };
+            match answer {
+                Answer::Incomplete => continue,
+                Answer::Invalid => finish(probe, error::INVALID),
+                Answer::Status(_) if check.spec.kind == CheckType::SslHello => {
+                    finish(probe, error::NONE)
+                }
+                Answer::Status(code) if alive(code, check.expect) => finish(probe, error::NONE),
+                Answer::Status(code) => finish(probe, error::STATUS + u64::from(code)),
+            }
+            return;
+        }
+    }
+}
+
+/// Whether the connection opened: the socket's pending error, as nginx's upstream module reads
+/// it.
+///
+/// # Safety
+/// `c` must be an open connection.
+unsafe fn connect_result(c: *mut ngx_connection_t) -> Result<(), u64> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: per the function contract: `c->fd` is its socket; `err` and `len` are ours.
+    let rc = unsafe {
+        libc::getsockopt(
+            (*c).fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    let err =
+        if rc == -1 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { err };
+    match err {
+        0 => Ok(()),
+        libc::ECONNREFUSED | libc::ECONNRESET => Err(error::REFUSED),
+        libc::ETIMEDOUT => Err(error::TIMEOUT),
+        _ => Err(error::SOCKET),
+    }
+}
+
+/// Ends a check: closes its connection, records the result (`code` 0: it passed), logs a
+/// change between up and down, and frees the probe.
+///
+/// # Safety
+/// `probe` must come from `Box::into_raw` in [`start`] and not be used after this.
+unsafe fn finish(probe: *mut Probe, code: u64) {
+    // SAFETY: per the function contract; the connection is closed before the probe is freed,
+    // so no event of it can reach the freed probe.
+    let p = unsafe { Box::from_raw(probe) };
+    let c = p.pc.connection;
+    if !c.is_null() {
+        // SAFETY: the connection nginx made for this probe, closed once.
+        unsafe { ngx_close_connection(c) };
+    }
+    // SAFETY: the worker's thread.
+    if let Some(w) = unsafe { worker() } {
+        if let Some(busy) = w.busy.get_mut(p.index) {
+            *busy = false;
+        }
+    }
+    // SAFETY: the configuration lives until this worker exits.
+    let check = unsafe { &*p.check };
+    let Some(after) = p.stats.check_record(p.index, wall_ms(), code, &check.spec) else { return };
+    // SAFETY: as above.
+    let ucf = unsafe { &*p.upstream };
+    let srun_id = ucf.srun_id(p.line).map(lossy).unwrap_or_else(|| "-".into());
+    // SAFETY: configuration memory.
+    let upstream = lossy(unsafe { str_bytes(&p.upstream_name) });
+    let address = lossy(&p.name_bytes[..p.name.len]);
+    // SAFETY: the cycle's log is valid in a worker.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    if after.down {
+        ngx::ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "jvm_route: check: server {} (srun_id={}) of upstream \"{}\" is down: {} checks \
+             failed, the last: {}",
+            address,
+            srun_id,
+            upstream,
+            after.fails,
+            error::describe(code)
+        );
+    } else {
+        ngx::ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "jvm_route: check: server {} (srun_id={}) of upstream \"{}\" is up: {} checks passed",
+            address,
+            srun_id,
+            upstream,
+            after.passes
+        );
+    }
+}
+
+/// The check state of a peer for the status page: its health, the wall-clock ms of its last
+/// check, why that failed, and how many checks ran. None: its line is not checked.
+pub fn peer_health(
+    stats: &Stats,
+    slot: usize,
+    key: u64,
+    default_down: bool,
+) -> Option<(Health, u64, u64, u64)> {
+    if !stats.is_checked(slot) {
+        return None;
+    }
+    match stats.check_find(slot, key) {
+        Some(i) => Some(stats.check_info(i)),
+        None if stats.check_down(slot, key, default_down) => {
+            Some((Health { down: true, passes: 0, fails: 0 }, 0, 0, 0))
+        }
+        // Not checked (no slot for it), or not yet.
+        None => None,
+    }
+}
+
+/// Wall-clock milliseconds now, for ages on the status page.
+pub fn wall_now() -> u64 {
+    wall_ms()
+}
