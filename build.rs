@@ -31,6 +31,14 @@ fn main() {
     }
     println!("cargo::rustc-env=JVM_ROUTE_NGINX_VERSION_NUMBER={version}");
 
+    // nginx built with SSL (its `ssl` feature): `check type=https` uses nginx's own OpenSSL code.
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES");
+    println!("cargo::rustc-check-cfg=cfg(jvm_route_ssl)");
+    let features = env::var("DEP_NGINX_FEATURES").unwrap_or_default();
+    if features.split(',').any(|f| f.trim() == "ssl") {
+        println!("cargo::rustc-cfg=jvm_route_ssl");
+    }
+
     let mut shim = cc::Build::new();
     shim.file("src/shim.c")
         .warnings(true)

@@ -10,9 +10,11 @@ Everything runs on 127.0.0.1: one nginx (the bundled binary, no module) answerin
 `return 200 "ok"` on 1024 ports stands for the backends; a proxy nginx with ONE worker and
 the module has, for N in 2, 64, 1024, an upstream rr_N (round robin) and jr_N (the same
 servers with srun_id=sNNNN and `jvm_route $cookie_JSESSIONID reverse`), both with keepalive.
-Cases per N:
+and jc_N (jr_N's servers with active health checks: `check type=tcp interval=60000`, long
+enough that no check runs while requests are measured). Cases per N:
   rr       round robin, no cookie (rr_N)                        - the baseline
   hit      jvm_route, cookie naming the middle server (jr_N)    - a sticky hit
+  hit_checked  the same on jc_N                                 - a sticky hit with checks
   none     jvm_route, no session (jr_N)                         - falls back to round robin
   unknown  jvm_route, cookie JSESSIONID=X.nosuch (jr_N)         - falls back to round robin
 and, for instructions only, the same requests on round robin: rr_cookie (rr_N with the sticky
@@ -26,6 +28,9 @@ cost of receiving that header apart from the module's.
    K requests on one keepalive connection, then a second run with K+D; the difference / D
    is the cost of one request without start-up and warm-up. The module's share is read
    from the same profiles.
+
+3. What the checks themselves cost: a separate nginx (one worker, no traffic) checking 1,000
+   servers every second (type=http, against the backends), its worker's CPU time over 20 s.
 
 Other processes on the machine disturb the throughput figures (the ratios less so); the
 instruction counts are not disturbed by them.
@@ -57,8 +62,12 @@ MODULE_MARKER = "libngx_http_upstream_jvm_route_module"
 MODULE = ROOT / "target" / "release" / f"{MODULE_MARKER}.so"
 
 SERVERS = (2, 64, 1024)
-CASES = ("rr", "hit", "none", "unknown")
-CG_CASES = ("rr", "rr_cookie", "hit", "none", "rr_unknown", "unknown")
+CASES = ("rr", "hit", "hit_checked", "none", "unknown")
+CG_CASES = ("rr", "rr_cookie", "hit", "hit_checked", "none", "rr_unknown", "unknown")
+# The checks of jc_N: long enough that none runs while requests are measured.
+JC_CHECK = "check interval=60000 rise=1 fall=1 timeout=1000 type=tcp default_down=false;"
+# The checker-cost step: servers, interval (ms), seconds measured.
+CHECKER_SERVERS, CHECKER_INTERVAL, CHECKER_SECONDS = 1000, 1000, 20
 MAX_SERVERS = 1024
 CONNECTIONS = 16
 SESSION_HEX = "5C3A9F0B7D21E4C68A0F3B5D7E9C1A2F"
@@ -360,13 +369,15 @@ def proxy_conf(setup, port, extra=""):
     """The proxy: the module, one worker, rr_N and jr_N for every N."""
     lines = [f"load_module {MODULE};", *main_context(setup, [extra])]
     for n in SERVERS:
-        for kind in ("rr", "jr"):
+        for kind in ("rr", "jr", "jc"):
             lines.append(f"    upstream {kind}_{n} {{")
             for i in range(1, n + 1):
-                srun = f" srun_id=s{i:04d}" if kind == "jr" else ""
+                srun = f" srun_id=s{i:04d}" if kind != "rr" else ""
                 lines.append(f"        server 127.0.0.1:{setup.base + i - 1}{srun};")
-            if kind == "jr":
+            if kind != "rr":
                 lines.append("        jvm_route $cookie_JSESSIONID reverse;")
+            if kind == "jc":
+                lines.append(f"        {JC_CHECK}")
             lines += [f"        keepalive {keepalive_of(n)};",
                       "        keepalive_requests 100000000;",
                       "        keepalive_timeout 600s;",
@@ -378,6 +389,7 @@ def proxy_conf(setup, port, extra=""):
     for n in SERVERS:
         lines.append(f"        location /rr{n}/ {{ proxy_pass http://rr_{n}; }}")
         lines.append(f"        location /jr{n}/ {{ proxy_pass http://jr_{n}; }}")
+        lines.append(f"        location /jc{n}/ {{ proxy_pass http://jc_{n}; }}")
     lines += ["        location = /jvm-route-status { jvm_route_status; }", "    }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -421,7 +433,9 @@ def start_nginx(setup, procs, directory):
 
 def case_path(n, case):
     """The proxy's location for a case."""
-    return f"/rr{n}/" if case.startswith("rr") else f"/jr{n}/"
+    if case.startswith("rr"):
+        return f"/rr{n}/"
+    return f"/jc{n}/" if case == "hit_checked" else f"/jr{n}/"
 
 
 def middle_server(n):
@@ -431,7 +445,7 @@ def middle_server(n):
 
 def case_cookie(n, case):
     """The Cookie header a case sends, or None."""
-    if case in ("hit", "rr_cookie"):
+    if case in ("hit", "hit_checked", "rr_cookie"):
         return f"JSESSIONID={SESSION_HEX}.{middle_server(n)}"
     if case in ("unknown", "rr_unknown"):
         return f"JSESSIONID={SESSION_HEX}.nosuch"
@@ -502,7 +516,8 @@ def check_routing(port):
         mid = middle_server(n)
         before = status_json(port)["jr_%d" % n]
         for case in CASES:
-            send(port, case_path(n, case), case_cookie(n, case), n_req)
+            if case != "hit_checked":
+                send(port, case_path(n, case), case_cookie(n, case), n_req)
         after = status_json(port)["jr_%d" % n]
         hits_before = hits(before)
         dh = {k: v - hits_before.get(k, 0) for k, v in hits(after).items()
@@ -517,6 +532,13 @@ def check_routing(port):
                      % (n, got, want))
         print("  jr_%d: %d sticky hits all on %s, %d without session, %d unknown routes: ok"
               % (n, n_req, mid, n_req, n_req))
+        before = hits(status_json(port)["jc_%d" % n])
+        send(port, case_path(n, "hit_checked"), case_cookie(n, "hit_checked"), n_req)
+        after = hits(status_json(port)["jc_%d" % n])
+        dh = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        if dh != {mid: n_req}:
+            sys.exit("jc_%d does not route as expected: hits %r" % (n, dh))
+        print("  jc_%d (checked): %d sticky hits all on %s: ok" % (n, n_req, mid))
 
 
 # --- throughput --------------------------------------------------------------------------------
@@ -730,7 +752,7 @@ def callgrind_report(cg_dir, warm, measured, out_tsv):
         for (n, case), r in rows.items():
             f.write("%d\t%s\t%.1f\t%.1f\t%.1f\n" % (n, case, r["total"], r["incl"], r["own"]))
     # The same request on round robin: the baseline that differs from the case by the module only.
-    same = {"hit": "rr_cookie", "unknown": "rr_unknown", "none": "rr"}
+    same = {"hit": "rr_cookie", "hit_checked": "rr_cookie", "unknown": "rr_unknown", "none": "rr"}
     print("%-6s %-10s %12s %8s %14s %18s %12s" % ("N", "case", "Ir/request", "vs rr",
                                                   "vs rr, same", "module callbacks",
                                                   "module own"))
@@ -745,7 +767,7 @@ def callgrind_report(cg_dir, warm, measured, out_tsv):
                 fmt_int(r["incl"]), fmt_int(r["own"])))
         print()
     print("vs rr, same = against round robin receiving the same request (the same Cookie header):")
-    print("  hit against rr_cookie, unknown against rr_unknown, none against rr.")
+    print("  hit and hit_checked against rr_cookie, unknown against rr_unknown, none against rr.")
     mismatch = [(k, r["incl"], r["incl_parsed"]) for k, r in rows.items()
                 if abs(r["incl"] - r["incl_parsed"]) > 1]
     if mismatch:
@@ -759,6 +781,63 @@ def callgrind_report(cg_dir, warm, measured, out_tsv):
     print("  calls itself (ngx_pcalloc, locks, memcmp...), without the wrapped round robin and the")
     print("  next output filters; 'rr' shows what the module costs a request to an upstream without")
     print("  jvm_route (nothing: its response filters are installed only with failover=off).")
+
+
+# --- the checks' own cost ---------------------------------------------------------------------
+
+def checker_conf(setup, port):
+    """One worker checking CHECKER_SERVERS backends every CHECKER_INTERVAL ms; no traffic."""
+    lines = [f"load_module {MODULE};", *main_context(setup, [])]
+    lines.append("    upstream checked {")
+    for i in range(CHECKER_SERVERS):
+        lines.append(f"        server 127.0.0.1:{setup.base + i % MAX_SERVERS} srun_id=c{i:04d};")
+    lines += ["        jvm_route $cookie_JSESSIONID reverse;",
+              f"        check interval={CHECKER_INTERVAL} rise=1 fall=1 timeout=1000 type=http;",
+              '        check_http_send "GET / HTTP/1.0\\r\\n\\r\\n";',
+              "    }",
+              "    server {",
+              f"        listen 127.0.0.1:{port};",
+              "        location = /jvm-route-status { jvm_route_status; }",
+              "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def checks_done(port):
+    """Checks run so far, summed over every address of the status page."""
+    total = 0
+    for u in status_json(port).values():
+        for srv in u["servers"]:
+            for p in srv["peers"]:
+                if p.get("check"):
+                    total += p["check"]["checks"]
+    return total
+
+
+def measure_checker(setup, procs):
+    """The CPU time of one worker checking CHECKER_SERVERS servers, over CHECKER_SECONDS."""
+    directory = WORK / "checker"
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    port = setup.cg_port
+    (directory / "nginx.conf").write_text(checker_conf(setup, port))
+    say(f"the checks' own cost: {CHECKER_SERVERS} servers checked every {CHECKER_INTERVAL} ms "
+        f"(type=http), one worker, no traffic, {CHECKER_SECONDS} s")
+    master = start_nginx(setup, procs, directory)
+    wait_listen(port, 10)
+    time.sleep(3)
+    workers = child_pids(master)
+    if len(workers) != 1:
+        sys.exit("the checker nginx has %d workers, expected 1" % len(workers))
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu():
+        fields = proc_stat(workers[0])
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    c0, n0, t0 = cpu(), checks_done(port), time.monotonic()
+    time.sleep(CHECKER_SECONDS)
+    c1, n1, t1 = cpu(), checks_done(port), time.monotonic()
+    procs.stop(master)
+    return {"cpu": (c1 - c0) / (t1 - t0) * 100, "checks": (n1 - n0) / (t1 - t0)}
 
 
 # --- reports -----------------------------------------------------------------------------------
@@ -785,6 +864,12 @@ def targets_report(tsv):
                          (rc2 / rr2 - 1) * 100))
     print("        for information, against plain round robin (no Cookie header): hit %s vs rr %s "
           "Ir/request: %+.2f%%" % (fmt_int(hit2), fmt_int(rr2), (hit2 / rr2 - 1) * 100))
+    hc2 = ir[(2, "hit_checked")]
+    target(hc2 <= rc2 * 1.02,
+           "with active health checks, a sticky hit costs at most 1.02x round robin receiving "
+           "the same request at 2 servers",
+           "hit_checked %s vs rr_cookie %s Ir/request: %+.2f%%"
+           % (fmt_int(hc2), fmt_int(rc2), (hc2 / rc2 - 1) * 100))
     own2, own1024 = own[(2, "hit")], own[(1024, "hit")]
     target(own1024 <= own2 * 1.01,
            "the module's cost of a sticky hit does not grow from 2 to 1024 servers (allowing 1%)",
@@ -863,6 +948,8 @@ def run(settings, procs):
     cg_dir = WORK / "callgrind"
     measure_instructions(settings, setup, procs, cg_dir)
 
+    checker = measure_checker(setup, procs)
+
     print()
     machine_report(settings, setup, int(time.time()) - started)
     print()
@@ -872,8 +959,15 @@ def run(settings, procs):
     instructions_tsv = WORK / "instructions.tsv"
     callgrind_report(cg_dir, settings.cg_warm, settings.cg_measured, instructions_tsv)
     print()
+    say("the checks' own cost")
+    print(f"  one worker checking {CHECKER_SERVERS} servers every {CHECKER_INTERVAL} ms (type=http): "
+          f"{checker['checks']:.0f} checks/s, {checker['cpu']:.2f}% of a core")
+    print()
     say("targets")
     targets_report(instructions_tsv)
+    print("  [%s] one worker checking %d servers every second costs under 5%% of a core\n"
+          "        %.2f%% (%.0f checks/s)" % ("MET" if checker["cpu"] < 5 else "NOT MET",
+                                          CHECKER_SERVERS, checker["cpu"], checker["checks"]))
     print()
     print(f"raw data: {WORK} (wrk outputs, throughput.tsv, instructions.tsv, callgrind profiles)")
 

@@ -124,7 +124,7 @@ const fn method_command(name: ngx_str_t) -> ngx_command_t {
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 16] = [
+static mut COMMANDS: [ngx_command_t; 19] = [
     // Takes `srun_id=`, `max_busy=` and `drain` out of the stock `server` directive, then
     // passes it on.
     upstream_command(ngx_string!("server"), conf::directives::cmd_server),
@@ -168,6 +168,24 @@ static mut COMMANDS: [ngx_command_t; 16] = [
         NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
         NGX_HTTP_SRV_CONF_OFFSET,
         conf::directives::cmd_check_keepalive_requests,
+    ),
+    command(
+        ngx_string!("check_ssl_verify"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_ssl_verify,
+    ),
+    command(
+        ngx_string!("check_ssl_trusted_certificate"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_ssl_trusted_certificate,
+    ),
+    command(
+        ngx_string!("check_ssl_name"),
+        NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        conf::directives::cmd_check_ssl_name,
     ),
     command(
         ngx_string!("check_shm_size"),

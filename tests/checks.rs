@@ -408,7 +408,17 @@ fn a_reload_keeps_the_checked_state() {
 
 #[test]
 fn bad_check_configurations_fail_nginx_t() {
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "check type=http; check_ssl_verify on;",
+            "check type=http",
+            "\"check\" has check_ssl_* directives but not type=https",
+        ),
+        (
+            "check type=https; check_ssl_verify on;",
+            "check type=https",
+            "\"check\" check_ssl_verify on needs check_ssl_trusted_certificate",
+        ),
         ("check interval=50;", "check interval=50;", "invalid value \"50\" of \"interval\" in \"check\" directive: milliseconds, 100 or more"),
         ("check type=mysql;", "check type=mysql;", "invalid type \"mysql\" in \"check\" directive"),
         ("check fall=0;", "check fall=0;", "invalid value \"0\" of \"fall\""),
@@ -443,4 +453,75 @@ fn bad_check_configurations_fail_nginx_t() {
     let http = "http {\n    check_shm_size 1m;\n    upstream tomcats {\n        server 127.0.0.1:1 srun_id=a;\n        jvm_route $cookie_JSESSIONID reverse;\n        check interval=3000 rise=2 fall=5 timeout=1000 default_down=true type=http port=0;\n        check_http_send \"HEAD / HTTP/1.0\\r\\n\\r\\n\";\n        check_http_expect_alive http_2xx http_3xx;\n        check_keepalive_requests 1;\n    }\n    server {\n        listen 127.0.0.1:{port};\n        location / { proxy_pass http://tomcats; }\n        location /status { check_status; }\n        location /status.csv { check_status csv; }\n    }\n}\n";
     let (out, _path, _dir) = nginx_test_config(http);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `type=https` against a real TLS server (`openssl s_server -www`, which answers HTTP over
+/// TLS): without verification, with a verified certificate and name, and with a name the
+/// certificate does not have.
+#[test]
+fn https_checks_verify_the_certificate_when_asked() {
+    let dir = TempDir::new("https");
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=tomcat.test", "-addext", "subjectAltName=DNS:tomcat.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (package openssl) makes a certificate");
+    assert!(made.status.success(), "{made:?}");
+    let tls_port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-www", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    assert!(eventually(10, || TcpStream::connect(("127.0.0.1", tls_port)).is_ok()));
+    let upstream = |name: &str, lines: &str| {
+        format!(
+            "    upstream {name} {{\n        server 127.0.0.1:{tls_port} srun_id={name};\n        jvm_route $cookie_JSESSIONID reverse;\n        check interval=300 rise=1 fall=1 timeout=500 type=https;\n        check_http_send \"GET / HTTP/1.0\\r\\n\\r\\n\";\n{lines}    }}\n"
+        )
+    };
+    let trusted = format!("        check_ssl_trusted_certificate {};\n", cert.display());
+    let http = format!(
+        "http {{\n    access_log off;\n{}{}{}    server {{\n        listen 127.0.0.1:{{port}};\n        location = /status {{\n            check_status json;\n        }}\n    }}\n}}\n",
+        upstream("plain", ""),
+        upstream("verified", &format!("        check_ssl_verify on;\n{trusted}        check_ssl_name tomcat.test;\n")),
+        upstream("wrongname", &format!("        check_ssl_verify on;\n{trusted}        check_ssl_name other.test;\n")),
+    );
+    let nginx = Nginx::start(1, &http);
+    let state = |u: usize| {
+        let v: serde_json::Value =
+            serde_json::from_str(&nginx.get("/status").body).unwrap_or_default();
+        let c = &v["upstreams"][u]["servers"][0]["peers"][0]["check"];
+        (
+            c["state"].as_str().unwrap_or("").to_owned(),
+            c["last_error"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert!(eventually(10, || state(0) == ("up".into(), "-".into())), "plain: {:?}", state(0));
+    assert!(eventually(10, || state(1) == ("up".into(), "-".into())), "verified: {:?}", state(1));
+    assert!(
+        eventually(10, || state(2) == ("down".into(), "certificate not verified".into())),
+        "wrong name: {:?}",
+        state(2)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    // The server gone: the handshake cannot even start.
+    assert!(
+        eventually(10, || state(0) == ("down".into(), "connection refused".into())),
+        "{:?}",
+        state(0)
+    );
+    nginx.assert_no_crash();
 }

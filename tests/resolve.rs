@@ -350,3 +350,67 @@ fn srv_weights_and_failure_memory_are_nginx_own() {
     let _ = dns.kill();
     let _ = dns.wait();
 }
+
+/// Active checks of a `resolve` server follow its addresses: each address is checked on its
+/// own, one that fails is out while the others of the line take its sessions, a new address is
+/// checked as soon as it appears, and one that is gone leaves the status page.
+#[test]
+fn checks_follow_the_addresses_of_a_resolve_server() {
+    if !resolve_supported() {
+        return;
+    }
+    let port = free_port();
+    let one = Backend::start_at("tomcat01", "127.0.0.1", port);
+    let mut two = Backend::start_at("tomcat01", "127.0.0.2", port);
+    let tomcat02 = Backend::start("tomcat02");
+    let dns = Dns::start(&[("127.0.0.1", "a.test"), ("127.0.0.2", "a.test")]);
+    let conf = format!(
+        "http {{\n    access_log off;\n    resolver 127.0.0.1:{dns} valid=1s ipv6=off;\n    upstream tomcats {{\n        zone tomcats 64k;\n        server a.test:{port} resolve srun_id=tomcat01;\n        server {t2} srun_id=tomcat02;\n        jvm_route $cookie_JSESSIONID reverse;\n        check interval=300 rise=1 fall=1 timeout=250 type=tcp;\n    }}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location = /status {{\n            jvm_route_status;\n        }}\n    }}\n}}\n",
+        dns = dns.port,
+        t2 = tomcat02.addr(),
+    );
+    let nginx = Nginx::start(2, &conf);
+    let at = |ip: &str| format!("{ip}:{port}");
+    // Each address with its own check state.
+    let checks = |nginx: &Nginx| -> Vec<(String, String)> {
+        let s = status(nginx);
+        row(&s, "tomcat01")["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["address"].as_str().unwrap_or("").to_owned(),
+                    p["check"]["state"].as_str().unwrap_or("-").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let both_up = vec![(at("127.0.0.1"), "up".to_owned()), (at("127.0.0.2"), "up".to_owned())];
+    assert!(eventually(15, || checks(&nginx) == both_up), "{:?}", checks(&nginx));
+
+    // One address stops: it alone is out; the line stays up and takes its sessions on the
+    // other address.
+    two.kill();
+    let one_out = vec![(at("127.0.0.1"), "up".to_owned()), (at("127.0.0.2"), "down".to_owned())];
+    assert!(eventually(10, || checks(&nginx) == one_out), "{:?}", checks(&nginx));
+    assert_eq!(row(&status(&nginx), "tomcat01")["state"], "up");
+    let refused_before = nginx.error_log().matches("connect() failed").count();
+    for _ in 0..10 {
+        let r = session(&nginx, "tomcat01");
+        assert_eq!((r.status, r.backend()), (200, "tomcat01"), "{r:?}");
+    }
+    assert_eq!(
+        nginx.error_log().matches("connect() failed").count(),
+        refused_before,
+        "the address out by its checks gets no request"
+    );
+
+    // The name moves to 127.0.0.3: checked as soon as nginx has it, and 127.0.0.2 is gone.
+    let _three = Backend::start_at("tomcat01", "127.0.0.3", port);
+    dns.set(&[("127.0.0.1", "a.test"), ("127.0.0.3", "a.test")]);
+    let moved = vec![(at("127.0.0.1"), "up".to_owned()), (at("127.0.0.3"), "up".to_owned())];
+    assert!(eventually(15, || checks(&nginx) == moved), "{:?}", checks(&nginx));
+    drop(one);
+    nginx.assert_no_crash();
+}

@@ -42,6 +42,8 @@ use crate::rules::failover::hash64;
 use crate::zone::Stats;
 use crate::Module;
 
+pub mod tls;
+
 /// Check slots of a `resolve` server line: the addresses of it that are checked.
 pub const RESOLVE_SLOTS: u32 = 8;
 
@@ -128,6 +130,9 @@ struct Probe {
     answer: [u8; ANSWER_LEN],
     read: usize,
     connected: bool,
+    /// `type=https`: the TLS handshake is done; the name sent and verified (NUL-terminated).
+    tls_done: bool,
+    tls_name: Vec<u8>,
     /// When the check must be over (monotonic ms).
     deadline: u64,
     /// For the log: the upstream, the server line's srun_id and its name.
@@ -363,8 +368,13 @@ unsafe fn start(
         .map_or(&[][..], |s| unsafe { str_bytes(&s.name) });
     let request = match check.spec.kind {
         CheckType::Tcp => Vec::new(),
-        CheckType::Http => with_host(&check.send, host),
+        CheckType::Http | CheckType::Https => with_host(&check.send, host),
         CheckType::SslHello => crate::rules::check::CLIENT_HELLO.to_vec(),
+    };
+    let tls_name = match (&check.ssl_name, check.spec.kind) {
+        (Some(name), _) => name.to_vec(),
+        (None, CheckType::Https) => sni_of(host),
+        _ => Vec::new(),
     };
     let mut probe = Box::new(Probe {
         // SAFETY: an all-zero peer connection is a valid value of the C struct; the fields
@@ -381,6 +391,8 @@ unsafe fn start(
         answer: [0; ANSWER_LEN],
         read: 0,
         connected: false,
+        tls_done: false,
+        tls_name,
         deadline: now() + check.spec.timeout,
         upstream: ucf,
         // SAFETY: the upstream's name is configuration memory.
@@ -476,6 +488,29 @@ unsafe fn step(probe: *mut Probe) {
                 return;
             }
         }
+        if (*p.check).spec.kind == CheckType::Https && !p.tls_done {
+            let started = if tls::has_tls(c) {
+                tls::finished(c, &*p.check, &p.tls_name)
+            } else {
+                tls::start(c, &*p.check, &p.tls_name)
+            };
+            match started {
+                tls::Handshake::Done => {
+                    p.tls_done = true;
+                    // nginx's handshake handlers stood in for ours while it waited.
+                    (*(*c).read).handler = Some(on_event);
+                    (*(*c).write).handler = Some(on_event);
+                }
+                tls::Handshake::Again => {
+                    tls::on_done(c, handshake_done);
+                    return;
+                }
+                tls::Handshake::Failed(code) => {
+                    finish(probe, code);
+                    return;
+                }
+            }
+        }
         while p.sent < p.request.len() {
             let Some(send) = (*c).send else {
                 finish(probe, error::SOCKET);
@@ -546,6 +581,34 @@ unsafe fn step(probe: *mut Probe) {
     }
 }
 
+/// Called by nginx when a handshake that waited is over (or its timer fired).
+unsafe extern "C" fn handshake_done(c: *mut ngx_connection_t) {
+    // SAFETY: nginx calls this for a check's connection with TLS, whose `data` is the probe.
+    unsafe {
+        let probe = (*c).data.cast::<Probe>();
+        if (*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0 {
+            finish(probe, error::TIMEOUT);
+            return;
+        }
+        step(probe);
+    }
+}
+
+/// The name sent with a TLS check (SNI) and verified: the host of the server's name, unless it
+/// is an IP address (then none); NUL-terminated.
+fn sni_of(server: &[u8]) -> Vec<u8> {
+    let host = if server.first() == Some(&b'[') {
+        return Vec::new();
+    } else {
+        server.split(|&b| b == b':').next().unwrap_or_default()
+    };
+    let is_ip = !host.is_empty() && host.iter().all(|b| b.is_ascii_digit() || *b == b'.');
+    if host.is_empty() || is_ip {
+        return Vec::new();
+    }
+    [host, b"\0"].concat()
+}
+
 /// Whether the connection opened: the socket's pending error, as nginx's upstream module reads
 /// it.
 ///
@@ -585,8 +648,11 @@ unsafe fn finish(probe: *mut Probe, code: u64) {
     let p = unsafe { Box::from_raw(probe) };
     let c = p.pc.connection;
     if !c.is_null() {
-        // SAFETY: the connection nginx made for this probe, closed once.
-        unsafe { ngx_close_connection(c) };
+        // SAFETY: the connection nginx made for this probe, closed once (its TLS first).
+        unsafe {
+            tls::shutdown(c);
+            ngx_close_connection(c);
+        }
     }
     // SAFETY: the worker's thread.
     if let Some(w) = unsafe { worker() } {

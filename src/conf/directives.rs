@@ -572,6 +572,9 @@ pub unsafe extern "C" fn cmd_check(
         spec,
         send: crate::rules::check::SEND_DEFAULT.into(),
         expect: crate::rules::check::EXPECT_DEFAULT,
+        ssl: std::ptr::null_mut(),
+        ssl_verify: false,
+        ssl_name: None,
     });
     ngx::core::NGX_CONF_OK
 }
@@ -721,4 +724,89 @@ pub unsafe extern "C" fn cmd_check_status(
     let status = StatusConf { default_format: Some(format), ..StatusConf::default() };
     // SAFETY: per the function contract.
     unsafe { install_status(cf, lcf, status) }
+}
+
+/// Handler of `check_ssl_verify on|off` (`type=https`).
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_ssl_verify(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check_ssl_verify.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let value = arg_bytes(&args[1]);
+    ucf.check_ssl_verify = Some(match value {
+        b"on" => true,
+        b"off" => false,
+        _ => {
+            return conf_error(
+                cf,
+                format!(
+                    "invalid value \"{}\" in \"check_ssl_verify\" directive: use on or off",
+                    lossy(value)
+                ),
+            )
+        }
+    });
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check_ssl_verify") };
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_ssl_trusted_certificate FILE` (`type=https`); the file is read at the end
+/// of `http {}`.
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_ssl_trusted_certificate(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check_ssl_trusted.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    ucf.check_ssl_trusted = Some(arg_bytes(&args[1]).into());
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check_ssl_trusted_certificate") };
+    ngx::core::NGX_CONF_OK
+}
+
+/// Handler of `check_ssl_name NAME` (`type=https`).
+///
+/// # Safety
+/// As [`cmd_check`].
+pub unsafe extern "C" fn cmd_check_ssl_name(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the function contract.
+    let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
+    if ucf.check_ssl_name.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let value = arg_bytes(&args[1]);
+    let valid = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    if value.is_empty() || value.len() > 253 || !value.iter().all(valid) {
+        return conf_error(
+            cf,
+            format!(
+                "invalid value \"{}\" in \"check_ssl_name\" directive: a host name",
+                lossy(value)
+            ),
+        );
+    }
+    ucf.check_ssl_name = Some(value.into());
+    // SAFETY: per the function contract.
+    unsafe { note_check_position(cf, ucf, "check_ssl_name") };
+    ngx::core::NGX_CONF_OK
 }

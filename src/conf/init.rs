@@ -100,12 +100,31 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 return ngx::core::NGX_CONF_ERROR as *mut c_char;
             }
             let (send, expect) = (ucf.check_send.take(), ucf.check_expect.take());
+            let verify = ucf.check_ssl_verify.take().unwrap_or(false);
+            let (trusted, ssl_name) = (ucf.check_ssl_trusted.take(), ucf.check_ssl_name.take());
             if let Some(check) = ucf.check.as_mut() {
                 if let Some(send) = send {
                     check.send = send;
                 }
                 if let Some(expect) = expect {
                     check.expect = expect;
+                }
+                check.ssl_verify = verify;
+                check.ssl_name = ssl_name.map(|n| [&n[..], b"\0"].concat().into());
+                if let Err(problem) =
+                    // SAFETY: `cf` is the configuration being read.
+                    unsafe { crate::check::tls::prepare(cf, check, trusted.as_deref()) }
+                {
+                    ngx_log_error!(
+                        NGX_LOG_EMERG,
+                        // SAFETY: `cf->log` is the configuration log.
+                        unsafe { (*cf).log },
+                        "\"check\" {} in {}:{}",
+                        problem,
+                        file,
+                        line
+                    );
+                    return ngx::core::NGX_CONF_ERROR as *mut c_char;
                 }
             }
             main.checks = true;

@@ -62,6 +62,13 @@ pub struct CheckConf {
     pub send: Box<[u8]>,
     /// `check_http_expect_alive` as a mask of status classes (or its default).
     pub expect: u8,
+    /// `type=https`: nginx's SSL context (an `ngx_ssl_t`, made at the end of `http {}`).
+    pub ssl: *mut std::ffi::c_void,
+    /// `check_ssl_verify on`: the server's certificate is verified.
+    pub ssl_verify: bool,
+    /// `check_ssl_name` (NUL-terminated): the name sent (SNI) and verified; else the host of
+    /// the server's name.
+    pub ssl_name: Option<Box<[u8]>>,
 }
 
 /// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
@@ -104,6 +111,12 @@ pub struct UpstreamConf {
     pub check_send: Option<Box<[u8]>>,
     /// `check_http_expect_alive`, as read.
     pub check_expect: Option<u8>,
+    /// `check_ssl_verify`, as read.
+    pub check_ssl_verify: Option<bool>,
+    /// `check_ssl_trusted_certificate`, as read.
+    pub check_ssl_trusted: Option<Box<[u8]>>,
+    /// `check_ssl_name`, as read.
+    pub check_ssl_name: Option<Box<[u8]>>,
     /// Where `check` and its companions are: (directive, file, line) of the first one, to
     /// report a companion without `check` or an upstream without `jvm_route`.
     pub check_position: Option<(&'static str, String, usize)>,

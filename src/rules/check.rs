@@ -13,6 +13,8 @@ pub enum CheckType {
     Http,
     /// A TLS ClientHello, then a TLS handshake record in reply (the server speaks TLS).
     SslHello,
+    /// A TLS handshake (certificate verified if asked), then the `http` check over it.
+    Https,
 }
 
 /// The parameters of `check`.
@@ -70,8 +72,9 @@ pub enum CheckError {
     },
     /// A check type this module does not run.
     #[error(
-        "invalid type \"{0}\" in \"check\" directive: use \"tcp\", \"http\" or \"ssl_hello\" \
-         (mysql, ajp and fastcgi checks of nginx_upstream_check_module are not supported)"
+        "invalid type \"{0}\" in \"check\" directive: use \"tcp\", \"http\", \"https\" or \
+         \"ssl_hello\" (mysql, ajp and fastcgi checks of nginx_upstream_check_module are not \
+         supported)"
     )]
     Type(String),
     /// A status class `check_http_expect_alive` does not know.
@@ -146,6 +149,7 @@ pub fn parse_check(params: &[&[u8]]) -> Result<CheckSpec, CheckError> {
                     b"tcp" => CheckType::Tcp,
                     b"http" => CheckType::Http,
                     b"ssl_hello" => CheckType::SslHello,
+                    b"https" => CheckType::Https,
                     _ => return Err(CheckError::Type(String::from_utf8_lossy(value).into_owned())),
                 }
             }
@@ -262,6 +266,11 @@ pub mod error {
     pub const SOCKET: u64 = 4;
     /// An answer that is not HTTP (or not TLS, for `ssl_hello`).
     pub const INVALID: u64 = 5;
+    /// The TLS handshake failed (`type=https`).
+    pub const TLS: u64 = 6;
+    /// The server's certificate did not verify, or does not name the server (`type=https`
+    /// with `check_ssl_verify on`).
+    pub const CERTIFICATE: u64 = 7;
     /// A status code outside `check_http_expect_alive`: 1000 + the code.
     pub const STATUS: u64 = 1000;
 
@@ -274,6 +283,8 @@ pub mod error {
             CLOSED => "connection closed".into(),
             SOCKET => "socket error".into(),
             INVALID => "invalid answer".into(),
+            TLS => "TLS handshake failed".into(),
+            CERTIFICATE => "certificate not verified".into(),
             c if (STATUS + 100..STATUS + 600).contains(&c) => format!("status {}", c - STATUS),
             _ => "error".into(),
         }
