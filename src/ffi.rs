@@ -317,6 +317,20 @@ pub unsafe fn is_failed_raw(peer: *const ngx_http_upstream_rr_peer_t, now: time_
     }
 }
 
+/// Whether a peer had reached `max_fails` (its failures are counted until an attempt after
+/// `fail_timeout` succeeds): read as [`is_failed_raw`] reads it.
+///
+/// # Safety
+/// `peer` must be a peer of a list locked at least for reading.
+pub unsafe fn reached_max_fails_raw(peer: *const ngx_http_upstream_rr_peer_t) -> bool {
+    // SAFETY: per the function contract.
+    unsafe {
+        let max_fails = (&raw const (*peer).max_fails).read();
+        let fails = (&raw const (*peer).fails).read_volatile();
+        max_fails != 0 && fails >= max_fails
+    }
+}
+
 /// Gives `peer` (at `index` of `rrp`'s current list) to the connection, exactly as round robin
 /// does after choosing it: current peer, reference, tried bit, `checked`, address, `conns`.
 ///

@@ -76,7 +76,18 @@ pub struct View {
     pub draining: Cell<usize>,
     /// With `check`: whether an address is out until its first check (`default_down`).
     pub check_default_down: Option<bool>,
+    /// Whether a server line of the upstream has `slow_start=`.
+    slow_start: bool,
+    /// While a slow start is under way: when the weights are next brought up to date
+    /// (monotonic ms; 0: none under way).
+    ramp_next: Cell<u64>,
 }
+
+/// While a server of the upstream starts slowly, every weight is multiplied by this, so that
+/// the starting server's share can grow in small steps (a weight of 1 has none to give).
+const RAMP_SCALE: ngx_int_t = 100;
+/// How often a worker brings the weights of a slow start up to date (ms).
+const RAMP_STEP: u64 = 100;
 
 impl View {
     /// Whether the lists can change at run time (they are in a zone).
@@ -153,7 +164,11 @@ impl View {
     #[inline]
     pub fn apply_marks(&self, stats: &Stats) {
         let generation = stats.generation();
-        if self.applied.get() != Some(generation) {
+        let ramp_due = self.slow_start && {
+            let next = self.ramp_next.get();
+            next != 0 && crate::check::now() >= next
+        };
+        if self.applied.get() != Some(generation) || ramp_due {
             self.apply_changed_marks(stats, generation);
         }
     }
@@ -162,6 +177,17 @@ impl View {
     #[cold]
     fn apply_changed_marks(&self, stats: &Stats, generation: u64) {
         let mut draining = 0;
+        // Slow starts under way: every weight is scaled, the starting servers' by their share.
+        let now = crate::check::now();
+        let ramping = self.slow_start
+            && self
+                .primary
+                .iter()
+                .chain(&self.backup)
+                .any(|i| i.slot.is_some_and(|slot| stats.ramp(slot, now).is_some()));
+        self.ramp_next.set(if ramping { now + RAMP_STEP } else { 0 });
+        let scale = if ramping { RAMP_SCALE } else { 1 };
+        let mut reweighted = false;
         // nginx's invariant, checked in debug builds: `tries` counts the peers not down.
         let mut drifted = false;
         for (infos, list) in [(&self.primary, self.list), (&self.backup, self.backup_list())] {
@@ -185,13 +211,20 @@ impl View {
                 let Some(slot) = info.slot else { continue };
                 let peer = info.peer;
                 if !info.srv_weight {
-                    let weight = stats.weight(slot).map_or(info.config_weight, |w| w as ngx_int_t);
+                    let base = stats.weight(slot).map_or(info.config_weight, |w| w as ngx_int_t);
+                    let weight = match stats.ramp(slot, now) {
+                        Some((share, _)) if ramping => {
+                            (base * scale * share as ngx_int_t / 1000).max(1)
+                        }
+                        _ => base * scale,
+                    };
                     // SAFETY: the peer belongs to the write-locked list, at the view's
                     // generation; fields are written through the raw pointer, as nginx does.
                     unsafe {
                         if (*peer).weight != weight {
                             (*peer).weight = weight;
                             (*peer).effective_weight = weight;
+                            reweighted = true;
                         }
                     }
                 }
@@ -217,6 +250,12 @@ impl View {
             unsafe {
                 let (mut total, mut number, mut tries) = (0, 0, 0);
                 for peer in ffi::iter(list) {
+                    // New weights (a runtime weight, a slow start's step): smooth weighted
+                    // round robin starts over from them, or the credit the peers built up under
+                    // the old weights would decide the next picks.
+                    if reweighted {
+                        (*peer).current_weight = 0;
+                    }
                     total += (*peer).weight as ngx_uint_t;
                     number += 1;
                     tries += ngx_uint_t::from((*peer).down == 0);
@@ -477,5 +516,7 @@ fn finish(
         applied: Cell::new(None),
         draining: Cell::new(0),
         check_default_down: ucf.check.as_ref().map(|c| c.spec.default_down),
+        slow_start: ucf.slow_start.iter().any(|&s| s > 0),
+        ramp_next: Cell::new(0),
     }
 }

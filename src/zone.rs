@@ -96,7 +96,12 @@ const WARNED_WORD: usize = 12;
 /// The line's first check slot (an index into the check table), and how many it has.
 const CHECK_BASE_WORD: usize = 13;
 const CHECK_COUNT_WORD: usize = 14;
-const SERVER_WORDS: usize = 15;
+/// `slow_start=` of the line (ms; 0: none).
+const SLOW_START_WORD: usize = 15;
+/// When the line's slow start began (monotonic ms; 0: none): it takes new sessions at a weight
+/// that grows to its full weight over `slow_start`.
+const RAMP_WORD: usize = 16;
+const SERVER_WORDS: usize = 17;
 
 /// A check slot: the health of one address of a server line ([`rules::check`](crate::rules::check)).
 /// Its key (a hash of the address; 0: free).
@@ -123,7 +128,7 @@ pub const MAX_WEIGHT: u64 = 1000;
 
 const MAGIC: u64 = 0x6a76_6d5f_726f_7574; // "jvm_rout"
 /// The record layout this code writes and reads; an old zone of another one is not copied.
-const VERSION: u64 = 6;
+const VERSION: u64 = 7;
 /// Words: magic, version, generation, upstreams, servers, superseded, check slots.
 const HEADER_WORDS: usize = 7;
 const GENERATION_WORD: usize = 2;
@@ -144,6 +149,8 @@ pub struct ServerLayout {
     pub weights: bool,
     /// Check slots of the line (0: the upstream has no `check`): one per address it can have.
     pub check_slots: u32,
+    /// `slow_start=` in ms (0: none).
+    pub slow_start: u64,
 }
 
 /// What the zone must hold, decided at the end of the `http {}` block.
@@ -353,15 +360,15 @@ impl Stats {
     }
 
     /// Records a check of slot `index` that ended at `now` (`error` 0: it passed). Returns the
-    /// new health when it changed between up and down (and then every worker applies it
-    /// before its next request).
+    /// health before and after when it changed between up and down (and then every worker
+    /// applies it before its next request).
     pub fn check_record(
         &self,
         index: usize,
         now: u64,
         error: u64,
         spec: &CheckSpec,
-    ) -> Option<Health> {
+    ) -> Option<(Health, Health)> {
         let word = self.check_word(index, CK_HEALTH)?;
         let before = Health::from_word(word.load(Ordering::Acquire));
         let (after, changed) = before.after(error == 0, spec);
@@ -373,9 +380,27 @@ impl Stats {
         }
         if changed {
             self.bump();
-            return Some(after);
+            return Some((before, after));
         }
         None
+    }
+
+    /// Starts the slow start of server line `slot` at `now` (monotonic ms), if it has one.
+    pub fn start_ramp(&self, slot: usize, now: u64) {
+        let Some(ramp) = self.server_word(slot, RAMP_WORD) else { return };
+        if self.server_word(slot, SLOW_START_WORD).is_some_and(|w| w.load(Ordering::Relaxed) > 0) {
+            ramp.store(now.max(1), Ordering::Release);
+            self.bump();
+        }
+    }
+
+    /// Where server line `slot`'s slow start is at `now`: the share of its full weight it has
+    /// (per mille, 1 to 999) and the ms left. None when it has none under way.
+    pub fn ramp(&self, slot: usize, now: u64) -> Option<(u64, u64)> {
+        let load = |w| self.server_word(slot, w).map_or(0, |w| w.load(Ordering::Acquire));
+        let (start, length) = (load(RAMP_WORD), load(SLOW_START_WORD));
+        let elapsed = now.checked_sub(start).filter(|_| start != 0 && length != 0)?;
+        (elapsed < length).then(|| ((elapsed * 1000 / length).clamp(1, 999), length - elapsed))
     }
 
     /// Moves the generation on: every worker applies the marks and checks again.
@@ -514,6 +539,7 @@ impl Stats {
             (CONFIGURED_WEIGHT_WORD, server.weight),
             (CONFIG_WORD, server.configured.to_word(server.weights)),
             (CHECK_COUNT_WORD, u64::from(server.check_slots)),
+            (SLOW_START_WORD, server.slow_start),
         ];
         for (word, value) in words {
             if let Some(w) = self.server_word(slot, word) {
@@ -784,6 +810,8 @@ fn carry_over(old: &Stats, new: &Stats) {
         {
             write(slot, w, read(old, from, w));
         }
+        // A slow start under way goes on (the monotonic clock is the machine's).
+        write(slot, RAMP_WORD, read(old, from, RAMP_WORD));
         // The health of each checked address (the next check is due at once).
         for (to, from) in new.check_range(slot).zip(old.check_range(from)) {
             for w in [CK_KEY, CK_HEALTH, CK_LAST, CK_ERROR, CK_PROBES, CK_SEEN] {
@@ -818,6 +846,7 @@ mod tests {
                 configured: Configured::default(),
                 weights: true,
                 check_slots: 2,
+                slow_start: 10_000,
             })
             .collect();
         let checks = 2 * servers.len();
@@ -862,12 +891,12 @@ mod tests {
         assert!(old.check_take_turn(i, 1_500, 500));
         // rise=1: one pass brings it up; fall=2: two failures take it out.
         let g = old.generation();
-        assert_eq!(old.check_record(i, 1_600, 0, &spec).map(|h| h.down), Some(false));
+        assert_eq!(old.check_record(i, 1_600, 0, &spec).map(|(_, h)| h.down), Some(false));
         assert!(old.generation() > g, "a change moves the generation");
         assert!(!old.check_down(0, 7, true));
         assert_eq!(old.check_record(i, 1_700, check_error::REFUSED, &spec), None);
         assert_eq!(
-            old.check_record(i, 1_800, check_error::TIMEOUT, &spec).map(|h| h.down),
+            old.check_record(i, 1_800, check_error::TIMEOUT, &spec).map(|(_, h)| h.down),
             Some(true)
         );
         let (health, last, error, probes) = old.check_info(i);
@@ -881,6 +910,24 @@ mod tests {
         assert!(new.check_down(0, 7, false));
         assert_eq!(new.check_info(new.check_find(0, 7).unwrap()).3, 3);
         assert!(new.check_take_turn(new.check_find(0, 7).unwrap(), 1_900, 500), "due at once");
+    }
+
+    #[test]
+    fn a_slow_start_grows_and_ends_and_goes_on_across_a_reload() {
+        let a = server_key(b"u", b"a", b"t1", false, 0);
+        let (_w, old) = zone_of(&[upstream_key(b"u")], &[a]);
+        assert_eq!(old.ramp(0, 5_000), None, "none before it starts");
+        let g = old.generation();
+        old.start_ramp(0, 5_000);
+        assert!(old.generation() > g);
+        assert_eq!(old.ramp(0, 5_000), Some((1, 10_000)));
+        assert_eq!(old.ramp(0, 7_500), Some((250, 7_500)));
+        assert_eq!(old.ramp(0, 14_000), Some((900, 1_000)));
+        assert_eq!(old.ramp(0, 15_000), None, "over after slow_start");
+        old.start_ramp(0, 20_000);
+        let (_w2, new) = zone_of(&[upstream_key(b"u")], &[a]);
+        carry_over(&old, &new);
+        assert_eq!(new.ramp(0, 25_000), Some((500, 5_000)), "a reload does not restart it");
     }
 
     #[test]

@@ -474,6 +474,26 @@ unsafe extern "C" fn free_peer(
                 stats.count(slot, ServerCounter::Failures);
             }
         }
+    // SAFETY: `conf` is the upstream configuration, alive for the cycle.
+    } else if unsafe { (*pd.conf).has_slow_start } {
+        // A server that had reached max_fails answered after fail_timeout: it is back, and
+        // starts slowly (read before round robin's `free` clears its failures).
+        // SAFETY: the view is used within this callback.
+        let view = unsafe { pd.view() };
+        let rrp = pd.rrp();
+        let (list, current) = (rrp.peers, rrp.current);
+        if let Some(view) = view.filter(|v| v.matches_request(rrp)) {
+            if let (Some(stats), Some(slot)) = (&view.stats, view.slot_of(current)) {
+                // SAFETY: `list` is the request's current list, one of the view's; the peer
+                // is read under its read lock, at the request's generation.
+                let back = unsafe { view.lock(list, false, Some(rrp)) }
+                    // SAFETY: as above.
+                    .is_some_and(|_lock| unsafe { ffi::reached_max_fails_raw(current) });
+                if back {
+                    stats.start_ramp(slot, crate::check::now());
+                }
+            }
+        }
     }
     if let Some(free) = pd.wrapped.free {
         // SAFETY: the wrapped method's own callback and data.

@@ -85,7 +85,7 @@ pub unsafe fn peer_key(peer: *const ngx::ffi::ngx_http_upstream_rr_peer_t) -> u6
 }
 
 /// Monotonic milliseconds (the same clock in every process of the machine).
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: nginx updates the cached time on its own thread of this process; a read of it.
     unsafe { ngx::ffi::ngx_current_msec as u64 }
 }
@@ -662,9 +662,15 @@ unsafe fn finish(probe: *mut Probe, code: u64) {
     }
     // SAFETY: the configuration lives until this worker exits.
     let check = unsafe { &*p.check };
-    let Some(after) = p.stats.check_record(p.index, wall_ms(), code, &check.spec) else { return };
+    let Some((before, after)) = p.stats.check_record(p.index, wall_ms(), code, &check.spec) else {
+        return;
+    };
     // SAFETY: as above.
     let ucf = unsafe { &*p.upstream };
+    // Back after its checks took it out (not its first pass at start): its slow start.
+    if !after.down && (before.passes > 0 || before.fails > 0) {
+        p.stats.start_ramp(ucf.slot_base + p.line, now());
+    }
     let srun_id = ucf.srun_id(p.line).map(lossy).unwrap_or_else(|| "-".into());
     // SAFETY: configuration memory.
     let upstream = lossy(unsafe { str_bytes(&p.upstream_name) });

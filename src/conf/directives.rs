@@ -67,6 +67,7 @@ pub unsafe extern "C" fn cmd_server(
     let mut has_max_conns = false;
     let mut has_max_busy = false;
     let mut drain = false;
+    let mut slow_start = 0u32;
     let mut kept = 2;
 
     for i in 2..args.len() {
@@ -101,6 +102,16 @@ pub unsafe extern "C" fn cmd_server(
             }
             has_max_busy = true;
             kept += 1;
+            continue;
+        }
+        if let Some(time) = value.strip_prefix(b"slow_start=") {
+            let mut text = ngx_str_t { len: time.len(), data: time.as_ptr().cast_mut() };
+            // SAFETY: `text` points to the argument, which nginx only reads.
+            let seconds = unsafe { ngx::ffi::ngx_parse_time(&mut text, 1) };
+            if !(1..=3600).contains(&seconds) {
+                return conf_error(cf, ConfError::SlowStart(lossy(time)));
+            }
+            slow_start = seconds as u32;
             continue;
         }
         if value == b"drain" {
@@ -152,6 +163,8 @@ pub unsafe extern "C" fn cmd_server(
     ucf.srun_ids[count - 1] = srun_id;
     ucf.drain.resize(count, false);
     ucf.drain[count - 1] = drain;
+    ucf.slow_start.resize(count, 0);
+    ucf.slow_start[count - 1] = slow_start;
     ngx::core::NGX_CONF_OK
 }
 
@@ -226,6 +239,13 @@ pub unsafe extern "C" fn cmd_method(
     // SAFETY: `cf` is the live configuration nginx passed to this handler.
     let args = unsafe { args(cf) };
     let consistent = args[1..].iter().any(|a| arg_bytes(a) == b"consistent");
+    ucf.method = match arg_bytes(&args[0]) {
+        b"least_conn" => Some("least_conn"),
+        b"hash" => Some("hash"),
+        b"ip_hash" => Some("ip_hash"),
+        b"random" => Some("random"),
+        _ => None,
+    };
     ucf.fixed_weights = match arg_bytes(&args[0]) {
         b"random" => Some("random"),
         b"hash" if consistent => Some("hash ... consistent"),

@@ -146,6 +146,26 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             // SAFETY: `cf` is the configuration being read; `uscf` one of its upstreams.
             return unsafe { refuse(cf, uscf, &describe_method(cf, init)) };
         }
+        ucf.has_slow_start = ucf.slow_start.iter().any(|&s| s > 0);
+        let fixed = ucf.method.filter(|m| matches!(*m, "hash" | "ip_hash" | "random"));
+        if let (Some(method), true) = (fixed, ucf.slow_start.iter().any(|&s| s > 0)) {
+            // SAFETY: `uscf` is an upstream configuration made by nginx.
+            let (file, line) = unsafe { position(uscf) };
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                // SAFETY: `cf->log` is the configuration log.
+                unsafe { (*cf).log },
+                "\"slow_start\" cannot be used with the {} method in upstream \"{}\" in {}:{}: it \
+                 reads the servers' weights only when its peers change; use round robin (the \
+                 default) or least_conn",
+                method,
+                // SAFETY: as above.
+                lossy(unsafe { upstream_name(uscf) }),
+                file,
+                line
+            );
+            return ngx::core::NGX_CONF_ERROR as *mut c_char;
+        }
         if !under_keepalive && current != Some(ours) {
             ucf.original_init_upstream = uscf.peer.init_upstream;
             uscf.peer.init_upstream = Some(crate::INIT_UPSTREAM);
@@ -179,6 +199,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 configured,
                 weights: takes_weights,
                 check_slots: if ucf.check.is_some() { crate::check::slots_of(server) } else { 0 },
+                slow_start: u64::from(ucf.slow_start.get(i).copied().unwrap_or(0)) * 1000,
             });
         }
         // The header filter reads the session cookies a server issues when the session id

@@ -84,6 +84,12 @@ pub struct UpstreamConf {
     pub srun_ids: Vec<Option<Box<[u8]>>>,
     /// Servers marked `drain`, by index in `uscf->servers`.
     pub drain: Vec<bool>,
+    /// `slow_start=` of each server (seconds; 0: none), by index in `uscf->servers`.
+    pub slow_start: Vec<u32>,
+    /// Whether some server has `slow_start=`.
+    pub has_slow_start: bool,
+    /// The stock balancing method's directive (`least_conn`, `hash`, `ip_hash`, `random`).
+    pub method: Option<&'static str>,
     /// The balancer's `init_upstream` that this module wraps (`None`: round robin).
     pub original_init_upstream: ngx_http_upstream_init_pt,
     /// The balancer's per-request `init` that this module wraps (set at `init_upstream`).
@@ -213,6 +219,9 @@ pub enum ConfError {
     /// `srun_id=` twice on one line.
     #[error("duplicate srun_id in \"server\" directive")]
     DuplicateSrunId,
+    /// A bad `slow_start=` value.
+    #[error("invalid slow_start \"{0}\" in \"server\" directive: a time from 1s to 1h (e.g. 30s)")]
+    SlowStart(String),
     /// A bad `max_busy=` value.
     #[error("invalid max_busy \"{0}\" in \"server\" directive")]
     MaxBusy(String),

@@ -312,7 +312,12 @@ fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String)
             };
             let mut result = Ok(());
             for (slot, set, clear) in changes {
+                let before = stats.effective(slot);
                 result = result.and(stats.set_state(slot, set, clear));
+                // In service again (`up`, `undrain`): its slow start, if it has one.
+                if before != marks::State::Up && stats.effective(slot) == marks::State::Up {
+                    stats.start_ramp(slot, crate::check::now());
+                }
             }
             result.map(|()| word.to_string())
         }

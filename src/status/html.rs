@@ -229,7 +229,7 @@ fn row(out: &mut String, upstream: &str, s: &ServerRow, control_path: Option<&st
         out,
         "<tr{class}><td class=\"name\">{}{mark}</td><td class=\"name\">{}</td>\
          <td class=\"addr\" data-field=\"addresses\">{}</td>\
-         <td><span class=\"state s-{state}\" data-field=\"state\">{state}</span></td>\
+         <td><span class=\"state s-{state}\" data-field=\"state\">{state}</span>{ramp}</td>\
          <td data-field=\"weight\">{}</td><td data-field=\"active\">{}</td>\
          <td data-field=\"requests\">{requests}</td><td data-field=\"hits\">{hits}</td>\
          <td data-field=\"share\">{share}</td><td data-field=\"failovers_from\">{from}</td>\
@@ -244,6 +244,13 @@ fn row(out: &mut String, upstream: &str, s: &ServerRow, control_path: Option<&st
         s.active(),
         escape(&super::render::check_text(s)),
         state = s.state,
+        ramp = match s.ramp {
+            Some((share, _)) => format!(
+                " <span class=\"note\" data-field=\"slow_start\">starting {}%</span>",
+                share / 10
+            ),
+            None => String::new(),
+        },
     );
     if let Some(path) = control_path {
         out.push_str("<td class=\"name\">");
@@ -314,6 +321,7 @@ mod tests {
                 configured_weight: 1,
                 peers: vec![],
                 counters: [4, 2, 0, 0, 0, 1, 0],
+                ramp: None,
             }],
         }];
         let html = page(&rows, Some("/c\"x"));

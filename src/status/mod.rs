@@ -80,6 +80,9 @@ struct ServerRow {
     configured_weight: u64,
     peers: Vec<PeerRow>,
     counters: [u64; 7],
+    /// A slow start under way: the share of its full weight the line has (per mille) and the
+    /// ms left.
+    ramp: Option<(u64, u64)>,
 }
 
 impl ServerRow {
@@ -431,6 +434,7 @@ fn collect(conf: &StatusConf, main: &MainConf) -> Vec<UpstreamRow> {
                         peers: rows,
                         counters: COUNTERS
                             .map(|(c, _, _)| stats.as_ref().map_or(0, |s| s.server(slot, c))),
+                        ramp: stats.as_ref().and_then(|s| s.ramp(slot, crate::check::now())),
                     }
                 })
                 .collect();

@@ -15,7 +15,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  check",
+            "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  {:<10}  check",
             "srun_id",
             "address",
             "state",
@@ -28,6 +28,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             "failures",
             "route_mismatch",
             "route_missing",
+            "slow_start",
         );
         for s in &u.servers {
             let srun_id = if s.srun_id.is_empty() { "-" } else { &s.srun_id };
@@ -36,7 +37,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             let [requests, hits, from, to, failures, mismatch, missing] = s.counters;
             let _ = writeln!(
                 out,
-                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  {}",
+                "  {:<16} {:<24} {:<10} {:>6} {:>6} {:>9} {:>9} {:>14} {:>12} {:>8} {:>14} {:>13}  {:<10}  {}",
                 srun_id,
                 address,
                 s.state,
@@ -49,6 +50,7 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
                 failures,
                 mismatch,
                 missing,
+                ramp_text(s),
                 check_text(s)
             );
         }
@@ -58,6 +60,15 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
 
 /// The text format's check column: each address's check state, and why its last check failed
 /// (`-` without `check`).
+/// A slow start under way: the share of its weight the line has, and the seconds left
+/// (`35% 6.5s`); `-` otherwise.
+pub(super) fn ramp_text(s: &ServerRow) -> String {
+    match s.ramp {
+        Some((share, left)) => format!("{}% {:.1}s", share / 10, left as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
 pub(super) fn check_text(s: &ServerRow) -> String {
     let parts: Vec<String> = s
         .peers
@@ -124,8 +135,11 @@ fn json_server(s: &ServerRow) -> String {
             )
         })
         .collect();
+    let ramp = s.ramp.map_or("null".to_string(), |(share, left)| {
+        format!("{{\"share\":{:.3},\"left\":{:.1}}}", share as f64 / 1000.0, left as f64 / 1000.0)
+    });
     format!(
-        "{{\"srun_id\":{},\"server\":{},\"address\":{},\"state\":\"{}\",\"weight\":{},\"configured_weight\":{},\"active\":{},{},\"peers\":[{}]}}",
+        "{{\"srun_id\":{},\"server\":{},\"address\":{},\"state\":\"{}\",\"weight\":{},\"configured_weight\":{},\"active\":{},{},\"slow_start\":{ramp},\"peers\":[{}]}}",
         json_string(&s.srun_id),
         json_string(&s.server),
         json_string(s.address()),
@@ -214,6 +228,12 @@ pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
         "gauge",
         "Connections open to the server's addresses now.",
         &|s| s.active(),
+    );
+    series(
+        "jvm_route_server_slow_start_share",
+        "gauge",
+        "The share of its weight a server starting slowly has now, per mille (1000: not starting).",
+        &|s| s.ramp.map_or(1000, |(share, _)| share),
     );
     series(
         "jvm_route_server_weight",
