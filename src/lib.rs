@@ -39,6 +39,7 @@ pub mod conf;
 pub mod ffi;
 pub mod request;
 pub mod rules;
+pub mod state;
 pub mod status;
 pub mod variables;
 pub mod worker;
@@ -124,7 +125,7 @@ const fn method_command(name: ngx_str_t) -> ngx_command_t {
 type CommandHandler =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 19] = [
+static mut COMMANDS: [ngx_command_t; 20] = [
     // Takes `srun_id=`, `max_busy=` and `drain` out of the stock `server` directive, then
     // passes it on.
     upstream_command(ngx_string!("server"), conf::directives::cmd_server),
@@ -188,6 +189,12 @@ static mut COMMANDS: [ngx_command_t; 19] = [
         conf::directives::cmd_check_ssl_name,
     ),
     command(
+        ngx_string!("jvm_route_state"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        conf::directives::cmd_jvm_route_state,
+    ),
+    command(
         ngx_string!("check_shm_size"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         NGX_HTTP_MAIN_CONF_OFFSET,
@@ -231,7 +238,12 @@ unsafe extern "C" fn init_module(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx::ffi:
     let tag = addr_of!(ngx_http_upstream_jvm_route_module).cast_mut().cast();
     // SAFETY: nginx calls this with the cycle it just initialised, whose predecessor's shared
     // memory it unmaps only after every module's `init_module`.
-    unsafe { zone::commit(cycle, tag) };
+    let fresh = unsafe { zone::commit(cycle, tag) };
+    // A fresh zone (nginx's start, a binary upgrade): the runtime marks of `jvm_route_state`.
+    if let Some(fresh) = fresh {
+        // SAFETY: as above; `fresh` is the cycle's zone.
+        unsafe { state::restore(cycle, &fresh) };
+    }
     ngx::ffi::NGX_OK as ngx::ffi::ngx_int_t
 }
 

@@ -754,7 +754,7 @@ static PENDING_OLD: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
 ///
 /// # Safety
 /// `cycle` must be the cycle nginx just initialised; its predecessor's zones still mapped.
-pub unsafe fn commit(cycle: *mut ngx_cycle_t, tag: *mut c_void) {
+pub unsafe fn commit(cycle: *mut ngx_cycle_t, tag: *mut c_void) -> Option<Stats> {
     let new = PENDING_NEW.swap(ptr::null_mut(), Ordering::SeqCst);
     let old = PENDING_OLD.swap(ptr::null_mut(), Ordering::SeqCst);
     // SAFETY: per the function contract.
@@ -762,15 +762,57 @@ pub unsafe fn commit(cycle: *mut ngx_cycle_t, tag: *mut c_void) {
     // Only the zone of this cycle: a cycle that failed after `init_zone` left a pointer to
     // memory that is gone.
     if new.is_null() || ours.is_none_or(|z| z.data.cast::<AtomicU64>() != new) {
-        return;
+        return None;
     }
     // SAFETY: `new` is this cycle's header, written by `init_zone`; `old` null or the previous
     // cycle's, still mapped (see above).
     unsafe {
-        let (Some(new), Some(previous)) = (read_header(new), read_header(old)) else { return };
+        let new = read_header(new)?;
+        let Some(previous) = read_header(old) else { return Some(new) };
         previous.word(SUPERSEDED_WORD).store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         carry_over(&previous, &new);
+    }
+    None
+}
+
+impl Stats {
+    /// The slot of the server record with `key`.
+    pub fn slot_of_key(&self, key: u64) -> Option<usize> {
+        (0..self.servers).find(|&slot| {
+            self.server_word(slot, 0).is_some_and(|w| w.load(Ordering::Relaxed) == key)
+        })
+    }
+
+    /// Restores a line's runtime marks and weight from the state file, as a reload carries
+    /// them ([`marks::carried`]): the configuration's marks then (`configured`) against now; the
+    /// weight only while the configured weight is the same and the upstream takes weights.
+    pub fn restore(
+        &self,
+        slot: usize,
+        runtime: u64,
+        weight: Option<u64>,
+        configured: Configured,
+        configured_weight: u64,
+    ) {
+        let kept = marks::carried(configured, self.configured(slot), runtime);
+        if let Some(w) = self.server_word(slot, STATE_WORD) {
+            w.store(kept, Ordering::Relaxed);
+        }
+        let same = self
+            .server_word(slot, CONFIGURED_WEIGHT_WORD)
+            .is_some_and(|w| w.load(Ordering::Relaxed) == configured_weight);
+        if let (Some(weight), true, Some(w)) =
+            (weight, same && self.takes_weights(slot), self.server_word(slot, WEIGHT_WORD))
+        {
+            w.store(weight.clamp(1, MAX_WEIGHT), Ordering::Relaxed);
+        }
+        self.bump();
+    }
+
+    /// The configured weight a line's record holds.
+    pub fn configured_weight(&self, slot: usize) -> u64 {
+        self.server_word(slot, CONFIGURED_WEIGHT_WORD).map_or(0, |w| w.load(Ordering::Relaxed))
     }
 }
 

@@ -20,7 +20,7 @@ fn conf(tomcats: &[Backend], hung: &Hanging) -> String {
         hung.addr()
     );
     format!(
-        "http {{\n    access_log off;\n{}\n{checked}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status control;\n        }}\n    }}\n}}\n",
+        "http {{\n    access_log off;\n    jvm_route_state logs/jvm-route.state;\n{}\n{checked}\n    server {{\n        listen 127.0.0.1:{{port}};\n        location / {{\n            proxy_pass http://tomcats;\n        }}\n        location /jvm-route/ {{\n            jvm_route_status control;\n        }}\n    }}\n}}\n",
         upstream(
             "tomcats",
             tomcats,
@@ -81,6 +81,11 @@ fn a_deployment_runs_through_without_a_failed_check() {
             && errors == ["connection refused", "timed out"]
     };
     assert!(eventually(10, checks_done), "{}", nginx.get("/jvm-route/?format=json").body);
+
+    // The runtime marks were written to the state file (all cleared again by the last action).
+    let state =
+        std::fs::read_to_string(nginx.dir().join("logs/jvm-route.state")).unwrap_or_default();
+    assert!(state.contains("jvm_route_state 1\n"), "{state}");
 
     nginx.reload_and_wait(&http, 2);
     let status = nginx.get("/jvm-route/?format=json").body;

@@ -175,7 +175,7 @@ unsafe fn worker<'a>() -> Option<&'a mut Worker> {
 /// Called by nginx in each new worker process with its cycle.
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: per the function contract: the http module's main configuration of the cycle.
-    let main = unsafe { http_main_conf(cycle) };
+    let main = unsafe { main_conf_of(cycle) };
     let Some(main) = main else { return NGX_OK as ngx_int_t };
     if !main.checks {
         return NGX_OK as ngx_int_t;
@@ -230,7 +230,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 ///
 /// # Safety
 /// `cycle` must be a complete cycle.
-unsafe fn http_main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a crate::conf::MainConf> {
+pub unsafe fn main_conf_of<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a crate::conf::MainConf> {
     // SAFETY: per the function contract: `conf_ctx` holds the http module's contexts.
     unsafe {
         let ctx = *(*cycle).conf_ctx.add(ngx::ffi::ngx_http_module.index);
@@ -255,7 +255,7 @@ unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
         return;
     }
     // SAFETY: the cycle this worker runs.
-    let Some(main) = (unsafe { http_main_conf(w.cycle) }) else { return };
+    let Some(main) = (unsafe { main_conf_of(w.cycle) }) else { return };
     let mut superseded = false;
     for &uscf in &main.upstreams {
         // SAFETY: the upstream configurations live as long as the cycle.

@@ -830,3 +830,45 @@ pub unsafe extern "C" fn cmd_check_ssl_name(
     unsafe { note_check_position(cf, ucf, "check_ssl_name") };
     ngx::core::NGX_CONF_OK
 }
+
+/// Handler of `jvm_route_state FILE` (http): where the runtime marks are kept across restarts
+/// and binary upgrades (a path relative to nginx's prefix).
+///
+/// # Safety
+/// Called by nginx with a valid `cf` in the `http` block; `conf` is this module's `MainConf`.
+pub unsafe extern "C" fn cmd_jvm_route_state(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: per the function contract.
+    let (main, args) = unsafe { (&mut *conf.cast::<crate::conf::MainConf>(), args(cf)) };
+    if main.state_file.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let mut name = args[1];
+    if arg_bytes(&name).is_empty() || arg_bytes(&name).contains(&b'$') {
+        return conf_error(
+            cf,
+            "invalid value in \"jvm_route_state\" directive: a file name, without variables",
+        );
+    }
+    // SAFETY: `cf->cycle` is the cycle being configured; nginx allocates the full name in its
+    // pool.
+    if unsafe { ngx::ffi::ngx_conf_full_name((*cf).cycle, &mut name, 0) } != 0 {
+        return ngx::core::NGX_CONF_ERROR as *mut c_char;
+    }
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(arg_bytes(&name)));
+    if path.file_name().is_none() || path.is_dir() {
+        return conf_error(
+            cf,
+            format!(
+                "invalid value \"{}\" in \"jvm_route_state\" directive: a file, not a directory",
+                path.display()
+            ),
+        );
+    }
+    main.state_file = Some(path);
+    ngx::core::NGX_CONF_OK
+}

@@ -178,6 +178,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         let (name, list) = unsafe { (upstream_name(uscf), servers(uscf)) };
         layout.upstreams.push(zone::upstream_key(name));
         let mut seen: Vec<u64> = Vec::new();
+        let mut ranks: Vec<u32> = Vec::new();
         // Runtime weights need the peers in shared memory and a method that reads the weights
         // per request.
         let takes_weights = crate::ffi::can_change(uscf) && ucf.fixed_weights.is_none();
@@ -189,6 +190,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             let first = zone::server_key(name, server_name, srun_id, backup, 0);
             let rank = seen.iter().filter(|&&k| k == first).count() as u32;
             seen.push(first);
+            ranks.push(rank);
             let configured = Configured {
                 drain: ucf.drain.get(i).copied().unwrap_or(false),
                 down: server.down != 0,
@@ -202,6 +204,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 slow_start: u64::from(ucf.slow_start.get(i).copied().unwrap_or(0)) * 1000,
             });
         }
+        ucf.ranks = ranks;
         // The header filter reads the session cookies a server issues when the session id
         // comes from a cookie and some server has a srun_id to compare with.
         ucf.checks_issued = ucf

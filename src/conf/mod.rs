@@ -88,6 +88,8 @@ pub struct UpstreamConf {
     pub slow_start: Vec<u32>,
     /// Whether some server has `slow_start=`.
     pub has_slow_start: bool,
+    /// Each server line's rank among identical lines of the upstream (part of its zone key).
+    pub ranks: Vec<u32>,
     /// The stock balancing method's directive (`least_conn`, `hash`, `ip_hash`, `random`).
     pub method: Option<&'static str>,
     /// The balancer's `init_upstream` that this module wraps (`None`: round robin).
@@ -162,6 +164,8 @@ pub struct MainConf {
     pub has_status: bool,
     /// Whether some upstream has `check`: every worker then runs the checks.
     pub checks: bool,
+    /// `jvm_route_state`: the file the runtime marks are kept in (full path).
+    pub state_file: Option<std::path::PathBuf>,
     /// Every location with `jvm_route_status`, with its server block's core configuration:
     /// the server's names are copied into the location's `StatusConf` at the end of `http {}`.
     pub status_servers: Vec<(*mut LocationConf, *const ngx::ffi::ngx_http_core_srv_conf_t)>,

@@ -10,3 +10,4 @@ pub mod issued;
 pub mod marks;
 pub mod route;
 pub mod session;
+pub mod state;

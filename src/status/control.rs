@@ -341,7 +341,17 @@ fn control(conf: &StatusConf, main: &MainConf, source: &[u8]) -> (usize, String)
     if let Some(view) = unsafe { worker::current(ucf, uscf) } {
         view.apply_marks(&stats);
     }
-    (200, format!("{} in {}: {word}\n", lossy(srun_id), lossy(upstream_name)))
+    // Kept across restarts (`jvm_route_state`): the change is in force either way.
+    let saved = match crate::state::save(main, &stats) {
+        Ok(()) => String::new(),
+        Err(why) => {
+            // SAFETY: the cycle's log is valid in a worker.
+            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            ngx::ngx_log_error!(ngx::ffi::NGX_LOG_ERR, log, "jvm_route_state: {}", why);
+            format!(" (in force, but not saved: {why})")
+        }
+    };
+    (200, format!("{} in {}: {word}{saved}\n", lossy(srun_id), lossy(upstream_name)))
 }
 
 /// Why the server lines `lines` (indices into `servers`, the upstream's) cannot take a runtime

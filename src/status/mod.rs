@@ -205,7 +205,16 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             ("X-Frame-Options", "DENY"),
             ("Referrer-Policy", "same-origin"),
         ];
-        let body = if head { String::new() } else { html::page(&collect(conf, main), path) };
+        let body = if head {
+            String::new()
+        } else {
+            let page = html::page(&collect(conf, main), path);
+            let saved = format!(
+                "<p class=\"note\">{}</p>\n<h2>Requests per server</h2>",
+                html::escape(&state_note(main))
+            );
+            page.replacen("<h2>Requests per server</h2>", &saved, 1)
+        };
         // SAFETY: `r` is live.
         return unsafe { send(r, 200, HTML, body.as_bytes(), &headers) };
     }
@@ -223,9 +232,30 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     };
     // HEAD: the headers only, nothing rendered.
-    let body = if head { String::new() } else { render(&collect(conf, main)) };
+    let mut body = if head { String::new() } else { render(&collect(conf, main)) };
+    if !head && format == Some(b"json") {
+        // Whether the runtime marks are kept across restarts, and where.
+        let file = main
+            .state_file
+            .as_ref()
+            .map_or("null".to_string(), |p| render::json_string(&p.display().to_string()));
+        if let Some(end) = body.rfind('}') {
+            body.insert_str(end, &format!(",\"state_file\":{file}"));
+        }
+    } else if !head && matches!(format, None | Some(b"text")) {
+        body.push_str(&state_note(main));
+        body.push('\n');
+    }
     // SAFETY: `r` is live.
     unsafe { send(r, 200, content_type, body.as_bytes(), &[]) }
+}
+
+/// Whether the runtime marks are kept across restarts, and where (`jvm_route_state`).
+fn state_note(main: &MainConf) -> String {
+    match &main.state_file {
+        Some(path) => format!("runtime marks are saved in {} (jvm_route_state)", path.display()),
+        None => "runtime marks are not saved across restarts (no jvm_route_state)".into(),
+    }
 }
 
 /// The request's path as the client sent it, before percent-decoding, without the query; None

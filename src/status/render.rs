@@ -89,7 +89,7 @@ pub(super) fn check_text(s: &ServerRow) -> String {
     }
 }
 
-fn json_string(s: &str) -> String {
+pub(super) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
