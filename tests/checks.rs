@@ -147,6 +147,41 @@ fn conf(servers: &[(String, &str)], check_lines: &str, extra: &str) -> String {
     )
 }
 
+/// A self-signed certificate for `tomcat.test` in `dir` (key, certificate).
+fn certificate(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=tomcat.test", "-addext", "subjectAltName=DNS:tomcat.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (package openssl) makes a certificate");
+    assert!(made.status.success(), "{made:?}");
+    (key, cert)
+}
+
+/// `openssl s_server` on a free port with that certificate (`-www`: it answers HTTP over TLS).
+fn tls_server(key: &std::path::Path, cert: &std::path::Path) -> (std::process::Child, u16) {
+    let port = free_port();
+    let server = std::process::Command::new("openssl")
+        .args(["s_server", "-www", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    assert!(eventually(10, || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    (server, port)
+}
+
 const CHECK: &str = "        check interval=300 rise=2 fall=2 timeout=250 type=http;\n        check_http_send \"GET /health HTTP/1.0\\r\\n\\r\\n\";\n        check_http_expect_alive http_2xx http_3xx;\n";
 
 /// The check state of each address of `srun_id` (from the status page), with its last error.
@@ -322,30 +357,8 @@ fn stopped_server_tcp_and_ssl_hello_checks() {
 
     // type=ssl_hello: a TLS server (openssl s_server) passes, a plain HTTP one fails.
     let dir = TempDir::new("tls");
-    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=t"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (package openssl) makes a certificate");
-    assert!(made.status.success(), "{made:?}");
-    let tls_port = free_port();
-    let mut server = std::process::Command::new("openssl")
-        .args(["s_server", "-quiet", "-accept"])
-        .arg(format!("127.0.0.1:{tls_port}"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_server");
-    assert!(eventually(10, || TcpStream::connect(("127.0.0.1", tls_port)).is_ok()));
+    let (key, cert) = certificate(&dir);
+    let (mut server, tls_port) = tls_server(&key, &cert);
     // An HTTP server (nginx) answers the ClientHello with a 400 page.
     let plain = Backend::start("plain01");
     let servers = [(format!("127.0.0.1:{tls_port}"), "tls01"), (plain.addr(), "plain01")];
@@ -461,31 +474,8 @@ fn bad_check_configurations_fail_nginx_t() {
 #[test]
 fn https_checks_verify_the_certificate_when_asked() {
     let dir = TempDir::new("https");
-    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=tomcat.test", "-addext", "subjectAltName=DNS:tomcat.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (package openssl) makes a certificate");
-    assert!(made.status.success(), "{made:?}");
-    let tls_port = free_port();
-    let mut server = std::process::Command::new("openssl")
-        .args(["s_server", "-www", "-quiet", "-accept"])
-        .arg(format!("127.0.0.1:{tls_port}"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_server");
-    assert!(eventually(10, || TcpStream::connect(("127.0.0.1", tls_port)).is_ok()));
+    let (key, cert) = certificate(&dir);
+    let (mut server, tls_port) = tls_server(&key, &cert);
     let upstream = |name: &str, lines: &str| {
         format!(
             "    upstream {name} {{\n        server 127.0.0.1:{tls_port} srun_id={name};\n        jvm_route $cookie_JSESSIONID reverse;\n        check interval=300 rise=1 fall=1 timeout=500 type=https;\n        check_http_send \"GET / HTTP/1.0\\r\\n\\r\\n\";\n{lines}    }}\n"

@@ -7,14 +7,12 @@
 //! Without Jetty the tests that use it fail and say what to install.
 
 use std::fs;
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use super::tomcat::{copy_dir, http_status};
+use super::tomcat::{copy_dir, log_tail, stop_process, wait_http_ready};
 use super::{free_port, TempDir};
 
 const JETTY_HOME: &str = "/usr/share/jetty9";
@@ -107,53 +105,22 @@ impl Jetty {
     /// Waits until `GET /` answers 200 (the JSP is then compiled); returns the time since
     /// `spawn`.
     pub fn wait_ready(&mut self) -> Duration {
-        let deadline = self.spawned + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("Jetty {} exited ({status}) while starting:\n{}", self.node, self.log());
-            }
-            if http_status(self.port) == Some(200) {
-                return self.spawned.elapsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Jetty {} did not answer 200 on 127.0.0.1:{} within 60 s:\n{}",
-                self.node,
-                self.port,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("Jetty {}", self.node);
+        let file = self.base.join("console.log");
+        wait_http_ready(&mut self.child, self.port, self.spawned, &what, || log_tail(&file))
     }
 
     /// SIGTERM (Jetty shuts down cleanly), SIGKILL after 5 s; then waits until the port is
     /// closed.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            if Instant::now() > deadline {
-                assert!(thread::panicking(), "port {} of {} stays open", self.port, self.node);
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            stop_process(child, self.port, &self.node);
         }
     }
 
     /// The end of the instance's console log.
     pub fn log(&self) -> String {
-        let log = fs::read_to_string(self.base.join("console.log")).unwrap_or_default();
-        let start = log.len().saturating_sub(8000);
-        let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(0);
-        format!("--- {}/console.log ---\n{}", self.base.display(), &log[start..])
+        log_tail(&self.base.join("console.log"))
     }
 }
 

@@ -60,6 +60,63 @@ pub fn http_status(port: u16) -> Option<u16> {
     text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Waits until `GET /` on `port` answers 200, failing if `child` exits or 60 s pass since
+/// `spawned`; returns the time since `spawned`. `what` names the server and `log` its output,
+/// for the failure message.
+pub fn wait_http_ready(
+    child: &mut Option<Child>,
+    port: u16,
+    spawned: Instant,
+    what: &str,
+    log: impl Fn() -> String,
+) -> Duration {
+    let deadline = spawned + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("{what} exited ({status}) while starting:\n{}", log());
+        }
+        if http_status(port) == Some(200) {
+            return spawned.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer 200 on 127.0.0.1:{port} within 60 s:\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a server process: SIGTERM (a clean shutdown), SIGKILL after 5 s; then waits until
+/// `port` is closed.
+pub fn stop_process(mut child: Child, port: u16, what: &str) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if Instant::now() > deadline {
+            // Not a second panic while a failed test unwinds (that would abort).
+            assert!(thread::panicking(), "port {port} of {what} stays open");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last 8,000 bytes of a console log file, headed by its name.
+pub fn log_tail(file: &Path) -> String {
+    let log = fs::read_to_string(file).unwrap_or_default();
+    let start = log.len().saturating_sub(8000);
+    let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(0);
+    format!("--- {} ---\n{}", file.display(), &log[start..])
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
     for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
@@ -192,23 +249,9 @@ impl Tomcat {
     /// Waits until `GET /` answers 200 (the JSP is then compiled); returns the time since
     /// `spawn`.
     pub fn wait_ready(&mut self) -> Duration {
-        let deadline = self.spawned + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("Tomcat {} exited ({status}) while starting:\n{}", self.node, self.log());
-            }
-            if http_status(self.port) == Some(200) {
-                return self.spawned.elapsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tomcat {} did not answer 200 on 127.0.0.1:{} within 60 s:\n{}",
-                self.node,
-                self.port,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("Tomcat {}", self.node);
+        let file = self.base.join("logs/console.log");
+        wait_http_ready(&mut self.child, self.port, self.spawned, &what, || log_tail(&file))
     }
 
     pub fn start(&mut self) -> Duration {
@@ -241,27 +284,11 @@ impl Tomcat {
     /// SIGTERM (Tomcat shuts down cleanly), SIGKILL after 5 s; then waits until the port is
     /// closed.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(child) = self.child.take() else { return };
         if let Some(rss) = self.rss_mb(&child) {
             eprintln!("Tomcat {}: {rss} MB resident before stop", self.node);
         }
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            if Instant::now() > deadline {
-                // Not a second panic while a failed test unwinds (that would abort).
-                assert!(thread::panicking(), "port {} of {} stays open", self.port, self.node);
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        stop_process(child, self.port, &self.node);
     }
 
     fn rss_mb(&self, child: &Child) -> Option<u64> {
@@ -273,10 +300,7 @@ impl Tomcat {
 
     /// The end of the instance's console log (`catalina.sh run`'s stdout and stderr).
     pub fn log(&self) -> String {
-        let log = fs::read_to_string(self.base.join("logs/console.log")).unwrap_or_default();
-        let start = log.len().saturating_sub(8000);
-        let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(0);
-        format!("--- {}/logs/console.log ---\n{}", self.base.display(), &log[start..])
+        log_tail(&self.base.join("logs/console.log"))
     }
 }
 
