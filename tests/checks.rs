@@ -295,6 +295,46 @@ fn each_address_is_checked_once_per_interval_whatever_the_workers() {
     assert!(n >= 7, "checks go on after a worker was killed: {n} in 2 s");
 }
 
+/// After a reload, the old workers (still serving a long request) check nothing: the rate
+/// stays one check per interval.
+#[test]
+fn old_workers_stop_checking_after_a_reload() {
+    let a = Stub::start("tomcat01");
+    let hung = Hanging::start();
+    let servers = [(format!("127.0.0.1:{}", a.port), "tomcat01")];
+    let check = "        check interval=200 rise=1 fall=1 timeout=150 type=http;\n        check_http_send \"GET /health HTTP/1.0\\r\\n\\r\\n\";\n";
+    let http = conf(&servers, check, "").replace(
+        "        location = /status {",
+        &format!(
+            "        location /hang {{\n            proxy_pass http://{};\n            proxy_read_timeout 8s;\n        }}\n        location = /status {{",
+            hung.addr()
+        ),
+    );
+    let nginx = Nginx::start(2, &http);
+    wait_state(&nginx, "tomcat01", "up", 5);
+    let old = nginx.workers();
+    // A request that holds an old worker through the reload.
+    let port = nginx.port;
+    let held = thread::spawn(move || request(port, "/hang", &[]).status);
+    thread::sleep(Duration::from_millis(300));
+    nginx.reload_with(
+        &http.replace("access_log off;", "access_log off;\n    server_tokens off;"),
+        2,
+    );
+    assert!(
+        eventually(10, || nginx.workers().iter().filter(|p| !old.contains(p)).count() == 2),
+        "new workers"
+    );
+    let start = a.checks();
+    thread::sleep(Duration::from_secs(2));
+    let n = a.checks() - start;
+    let still = nginx.workers().iter().filter(|p| old.contains(p)).count();
+    assert!(still >= 1, "an old worker still serves the held request");
+    assert!((7..=13).contains(&n), "{n} checks in 2 s with old workers still running");
+    assert_eq!(held.join().unwrap_or(0), 504);
+    nginx.assert_no_crash();
+}
+
 #[test]
 fn a_hung_server_is_out_after_its_timeouts_and_no_request_waits_for_it() {
     let a = Stub::start("tomcat01");
