@@ -332,6 +332,15 @@ impl Stats {
         false
     }
 
+    /// When the earliest check of server line `slot`'s checked addresses is due (monotonic
+    /// ms), if it has any.
+    pub fn check_next_due(&self, slot: usize) -> Option<u64> {
+        self.check_range(slot)
+            .filter(|&i| !matches!(self.check_load(i, CK_KEY), 0 | RESERVED))
+            .map(|i| self.check_load(i, CK_DUE))
+            .min()
+    }
+
     /// The health of check slot `index`.
     pub fn check_health(&self, index: usize) -> Health {
         Health::from_word(self.check_load(index, CK_HEALTH))

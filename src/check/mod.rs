@@ -147,6 +147,9 @@ struct Worker {
     tick: ngx_event_t,
     log: ngx_log_t,
     busy: Vec<bool>,
+    /// Per upstream (by index): when a check of it is next due (monotonic ms), as this worker
+    /// last read the zone; ticks before that skip the upstream.
+    next_run: Vec<u64>,
     targets: Vec<Target>,
     cycle: *mut ngx_cycle_t,
     period: u64,
@@ -194,6 +197,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             tick: std::mem::zeroed(),
             log: std::mem::zeroed(),
             busy: Vec::new(),
+            next_run: Vec::new(),
             targets: Vec::new(),
             cycle,
             period: period.clamp(50, 1000),
@@ -266,8 +270,24 @@ unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
             superseded = true;
             break;
         }
+        let now = now();
+        if w.next_run.len() <= ucf.index {
+            w.next_run.resize(ucf.index + 1, 0);
+        }
+        if now < w.next_run[ucf.index] {
+            continue;
+        }
         // SAFETY: this worker's thread; `uscf` and `ucf` belong to its cycle.
         unsafe { run_upstream(w, uscf, ucf, check, &stats) };
+        // Nothing to do before the earliest check of the upstream is due (another worker may
+        // take that one: then the next tick reads the zone again); at the latest in an
+        // interval, to see new addresses.
+        let lines = ucf.srun_ids.len();
+        let due = (ucf.slot_base..ucf.slot_base + lines)
+            .filter_map(|slot| stats.check_next_due(slot))
+            .min()
+            .unwrap_or(u64::MAX);
+        w.next_run[ucf.index] = due.min(now + check.spec.interval);
     }
     if superseded {
         // A newer cycle has this zone's successor: its workers check.
@@ -439,6 +459,8 @@ unsafe fn start(
         (*(*c).write).log = &mut w.log;
         ngx::ffi::ngx_add_timer((*c).write, (*(*probe).check).spec.timeout as ngx_msec_t);
         if rc == NGX_OK as ngx_int_t {
+            // Connected at once (nginx checked the socket): no pending error to read.
+            (*probe).connected = true;
             step(probe);
         }
     }
