@@ -227,6 +227,54 @@ pub unsafe fn push_header(
     }
 }
 
+/// The values of the `Set-Cookie` lines in the response header that the upstream server of
+/// `r` sent (as it sent them: before `proxy_cookie_*` rewrote nginx's copies, and whatever
+/// `proxy_hide_header` hides). Empty for a request without an upstream.
+///
+/// # Safety
+/// `r` must be a live request; the values live as long as it.
+#[cfg(nginx1_23_0)]
+pub unsafe fn upstream_set_cookies<'r>(
+    r: *mut ngx::ffi::ngx_http_request_t,
+) -> impl Iterator<Item = &'r [u8]> {
+    // SAFETY: per the function contract; `upstream` is null or the request's upstream, whose
+    // `set_cookie` is null or a NULL-terminated list of header lines in request memory.
+    let first = unsafe { (*r).upstream.as_ref().and_then(|u| u.headers_in.set_cookie.as_ref()) };
+    std::iter::successors(first, |h| {
+        // SAFETY: as above.
+        unsafe { h.next.as_ref() }
+    })
+    // SAFETY: a header line's value lives as long as the request.
+    .map(|h| unsafe { bytes::<'r>(h.value) })
+}
+
+/// The values of the `Set-Cookie` lines in the response header that the upstream server of
+/// `r` sent. Empty for a request without an upstream.
+///
+/// # Safety
+/// `r` must be a live request; the values live as long as it.
+#[cfg(not(nginx1_23_0))]
+pub unsafe fn upstream_set_cookies<'r>(
+    r: *mut ngx::ffi::ngx_http_request_t,
+) -> impl Iterator<Item = &'r [u8]> {
+    // SAFETY: per the function contract; `upstream` is null or the request's upstream. Its
+    // `cookies` array is created by the first `Set-Cookie` line (null and of element size 0
+    // before), so it is read by hand, not with `as_slice`, which asserts the element size.
+    let lines: &'r [*mut ngx_table_elt_t] = unsafe {
+        match (*r).upstream.as_ref() {
+            Some(u) if !u.headers_in.cookies.elts.is_null() => {
+                slice(u.headers_in.cookies.elts.cast(), u.headers_in.cookies.nelts)
+            }
+            _ => &[],
+        }
+    };
+    lines
+        .iter()
+        // SAFETY: every element is a header line of the response, alive as long as the
+        // request; so is its value.
+        .filter_map(|&h| unsafe { h.as_ref().map(|h| bytes::<'r>(h.value)) })
+}
+
 /// Calls `f` with the key and value of every header line of `list` (a request's
 /// `headers_in.headers` or `headers_out.headers`) that is not deleted (`hash` 0).
 ///

@@ -97,8 +97,9 @@ unsafe extern "C" fn get_variable(
     Status::NGX_OK.0
 }
 
-/// `postconfiguration`: installs the header and body filters, if an upstream has
-/// `failover=off`.
+/// `postconfiguration`: installs the header filter if an upstream refuses requests
+/// (`failover=off`), sets a route cookie or checks the routes its servers issue, and the body
+/// filter if one refuses requests.
 ///
 /// # Safety
 /// Called by nginx once per configuration, single-threaded.
@@ -108,17 +109,21 @@ pub unsafe extern "C" fn add_filters(cf: *mut ngx_conf_t) -> ngx_int_t {
         // SAFETY: as above: nginx builds the filter chains at this point.
         unsafe { crate::status::add_body_limit() };
     }
-    // Only a configuration with `failover=off` needs them: other requests pay nothing.
+    // Only a configuration that needs them has them: other responses pay nothing. The body
+    // filter is for `failover=off` alone (the 503 page).
     // SAFETY: as above.
-    if !unsafe { Module::main_conf(&*cf) }.is_some_and(|m| m.filtering) {
-        return Status::NGX_OK.0;
-    }
+    let (header, body) = unsafe { Module::main_conf(&*cf) }
+        .map_or((false, false), |m| (m.filtering || m.refusing, m.refusing));
     // SAFETY: nginx builds the filter chains at this point, one module after another.
     unsafe {
-        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = Some(header_filter);
-        NEXT_BODY_FILTER = ngx_http_top_body_filter;
-        ngx_http_top_body_filter = Some(body_filter);
+        if header {
+            NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(header_filter);
+        }
+        if body {
+            NEXT_BODY_FILTER = ngx_http_top_body_filter;
+            ngx_http_top_body_filter = Some(body_filter);
+        }
     }
     Status::NGX_OK.0
 }
@@ -200,7 +205,8 @@ const WARNED_MISSING: u64 = 2;
 /// warns once per server and kind, per cycle) when the id in it does not name the server's
 /// srun_id ([`rules::issued`](crate::rules::issued)). The session id itself is never logged.
 /// Only responses of a server with a srun_id, in an upstream whose session id comes from a
-/// cookie; nothing but a walk over the response's header lines when no session cookie is set.
+/// cookie; the server's `Set-Cookie` lines are the ones nginx's upstream module keeps apart,
+/// so a response without one costs a few comparisons.
 ///
 /// # Safety
 /// `r` must be a live request whose header is being sent; `ctx` its context.
@@ -218,16 +224,10 @@ unsafe fn check_issued(r: *mut ngx_http_request_t, ctx: &RequestCtx) {
     }
     let Some(jvm_route) = &ucf.jvm_route else { return };
     let SessionSource::Cookie(name) = &jvm_route.source else { return };
-    let mut value = None;
-    // SAFETY: per the function contract: the response's header lines, request memory.
-    unsafe {
-        crate::ffi::each_header(&(*r).headers_out.headers, |key, line| {
-            if value.is_none() && key.eq_ignore_ascii_case(b"set-cookie") {
-                value = set_cookie_value(line, name);
-            }
-        });
-    }
-    let Some(value) = value else { return };
+    // The lines as the server sent them (nginx keeps them apart: no walk over the header).
+    // SAFETY: per the function contract.
+    let mut lines = unsafe { crate::ffi::upstream_set_cookies(r) };
+    let Some(value) = lines.find_map(|line| set_cookie_value(line, name)) else { return };
     let srun_id = ctx.server();
     let verdict = issued(jvm_route.mode, value, srun_id);
     let (counter, bit) = match verdict {

@@ -416,6 +416,52 @@ fn stopped_server_tcp_and_ssl_hello_checks() {
     nginx.assert_no_crash();
 }
 
+/// Sockets in TIME_WAIT on 127.0.0.1 with `port` at either end (IPv4, from /proc/net/tcp).
+fn time_wait_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port_of =
+        |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "06"
+                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
+        })
+        .count()
+}
+
+/// A check's connection ends with a reset, as HAProxy ends its checks: whether the server
+/// closes first (an HTTP/1.0 answer) or the check does (`type=tcp`), neither side keeps a
+/// socket in TIME_WAIT for it, where every check would otherwise leave one for a minute.
+#[test]
+fn checks_leave_no_socket_in_time_wait() {
+    for (kind, send) in
+        [("http", "        check_http_send \"GET / HTTP/1.0\\r\\n\\r\\n\";\n"), ("tcp", "")]
+    {
+        let backend = Backend::start("tomcat01");
+        // The harness's own probe of the backend's port leaves one (once its close is done).
+        thread::sleep(Duration::from_millis(300));
+        let before = time_wait_sockets(backend.port);
+        let servers = [(backend.addr(), "tomcat01")];
+        let check =
+            format!("        check interval=200 rise=1 fall=1 timeout=150 type={kind};\n{send}");
+        let nginx = Nginx::start(1, &conf(&servers, &check, ""));
+        wait_state(&nginx, "tomcat01", "up", 5);
+        thread::sleep(Duration::from_millis(2500));
+        let checks = status_server(&nginx, "/status", "tomcat01")["peers"][0]["check"]["checks"]
+            .as_u64()
+            .unwrap_or(0);
+        let waiting = time_wait_sockets(backend.port).saturating_sub(before);
+        eprintln!("type={kind}: {checks} checks, {waiting} sockets in TIME_WAIT");
+        assert!(checks >= 8, "type={kind}: only {checks} checks in 2.5 s");
+        assert_eq!(waiting, 0, "type={kind}: {checks} checks left {waiting} sockets in TIME_WAIT");
+        nginx.assert_no_crash();
+    }
+}
+
 #[test]
 fn a_reload_keeps_the_checked_state() {
     let (a, b) = (Stub::start("tomcat01"), Stub::start("tomcat02"));

@@ -212,9 +212,9 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             .as_ref()
             .is_some_and(|j| matches!(j.source, crate::conf::SessionSource::Cookie(_)))
             && ucf.srun_ids.iter().any(Option::is_some);
-        main.filtering |= ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off)
-            || ucf.cookie.is_some()
-            || ucf.checks_issued;
+        let refuses = ucf.jvm_route.as_ref().is_some_and(|j| j.failover == Failover::Off);
+        main.refusing |= refuses;
+        main.filtering |= refuses || ucf.cookie.is_some() || ucf.checks_issued;
         main.upstreams.push(uscf_ptr);
     }
 

@@ -156,8 +156,11 @@ pub struct MainConf {
     /// The upstreams with `jvm_route`, by index.
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
     /// Whether some upstream refuses requests (`failover=off`), sets a route cookie, or checks
-    /// the routes its servers issue: the response filters are needed.
+    /// the routes its servers issue: the response header filter is needed.
     pub filtering: bool,
+    /// Whether some upstream refuses requests (`failover=off`): the body filter (which
+    /// replaces nginx's 502 page) is needed too.
+    pub refusing: bool,
     /// Every `jvm_route_status` with an upstream name, to check once all upstreams are known.
     status_names: Vec<(Box<[u8]>, String, usize)>,
     /// Whether some location has `jvm_route_status` (its form bodies are limited while read).

@@ -52,12 +52,35 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and that no other test process of this user is handed
+/// while this one runs: the kernel may give a port that one test has just probed (and not yet
+/// let its nginx bind) to another test running at once, so each port handed out is claimed
+/// with a lock on a file named after it, held until the test process exits.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::os::fd::AsRawFd;
+    static CLAIMED: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("jvm-route-test-ports-{uid}"));
+    fs::create_dir_all(&dir).expect("create the directory of claimed ports");
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .expect("open a port's claim file");
+        // SAFETY: flock on a descriptor this function owns; LOCK_NB does not wait.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+            return port;
+        }
+    }
+    panic!("no free port that another test has not claimed");
 }
 
 /// A fresh temporary directory with `logs/`, removed on drop.
@@ -166,7 +189,7 @@ http {{
     access_log off;
     large_client_header_buffers 8 64k;
     server {{
-        listen {ip}:{port} reuseport;
+        listen {ip}:{port};
         location /slow {{
             alias {dir}/slow;
             limit_rate 2k;
