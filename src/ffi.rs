@@ -38,6 +38,17 @@ extern "C" {
     ) -> *mut ngx_http_upstream_rr_peer_t;
     fn ngx_http_jvm_route_server_resolves(server: *mut ngx_http_upstream_server_t) -> ngx_uint_t;
     fn ngx_http_jvm_route_server_service(server: *mut ngx_http_upstream_server_t) -> ngx_uint_t;
+    fn ngx_http_jvm_route_post_event(ev: *mut ngx::ffi::ngx_event_t);
+}
+
+/// Posts `ev`: nginx's event loop runs its handler after the current handler returns.
+///
+/// # Safety
+/// `ev` must be an event of an open connection (or a timer event) of this worker, alive until
+/// its handler runs or the connection is closed (which removes it from the queue).
+pub unsafe fn post_event(ev: *mut ngx::ffi::ngx_event_t) {
+    // SAFETY: per the function contract.
+    unsafe { ngx_http_jvm_route_post_event(ev) }
 }
 
 /// `len` elements at `data`, or none when `data` is null (nginx's empty lists and buffers

@@ -228,9 +228,18 @@ pub static mut ngx_http_upstream_jvm_route_module: ngx_module_t = ngx_module_t {
     commands: addr_of_mut!(COMMANDS) as *mut _,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     init_module: Some(init_module),
-    init_process: Some(check::init_process),
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };
+
+/// A worker starts: its balancer's spare states, then its checks.
+unsafe extern "C" fn init_process(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx::ffi::ngx_int_t {
+    // SAFETY: nginx calls this in each new worker process with its cycle.
+    unsafe {
+        balancer::init_process(cycle);
+        check::init_process(cycle)
+    }
+}
 
 /// The cycle is complete (in the master, before its workers start): the previous cycle's
 /// marks are handed over to it ([`zone::commit`]).

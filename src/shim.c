@@ -164,3 +164,11 @@ ngx_http_jvm_route_server_service(ngx_http_upstream_server_t *server)
 #endif
 }
 
+
+/* Posts an event to the worker's queue of posted events: its handler runs
+ * from the event loop, after the current handler returns. */
+void
+ngx_http_jvm_route_post_event(ngx_event_t *ev)
+{
+    ngx_post_event(ev, &ngx_posted_events);
+}

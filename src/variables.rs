@@ -218,15 +218,19 @@ unsafe fn check_issued(r: *mut ngx_http_request_t, ctx: &RequestCtx) {
     // SAFETY: per the function contract; `upstream` is null or the upstream's configuration,
     // which outlives the request.
     let Some(ucf) = (unsafe { ctx.upstream.as_ref() }) else { return };
+    // The lines as the server sent them (nginx keeps them apart: no walk over the header);
+    // most responses have none, and end here.
+    // SAFETY: per the function contract.
+    let mut lines = unsafe { crate::ffi::upstream_set_cookies(r) }.peekable();
+    if lines.peek().is_none() {
+        return;
+    }
     let Some(slot) = ctx.server_slot() else { return };
     if ctx.keeps_body() {
         return;
     }
     let Some(jvm_route) = &ucf.jvm_route else { return };
     let SessionSource::Cookie(name) = &jvm_route.source else { return };
-    // The lines as the server sent them (nginx keeps them apart: no walk over the header).
-    // SAFETY: per the function contract.
-    let mut lines = unsafe { crate::ffi::upstream_set_cookies(r) };
     let Some(value) = lines.find_map(|line| set_cookie_value(line, name)) else { return };
     let srun_id = ctx.server();
     let verdict = issued(jvm_route.mode, value, srun_id);

@@ -462,6 +462,100 @@ fn checks_leave_no_socket_in_time_wait() {
     }
 }
 
+/// A server that keeps its connections open (HTTP/1.1, `Content-Length`) and, like a server
+/// whose keep-alive timeout passed, closes each one without a word after `close_after`
+/// answers. Counts the connections it accepted and the requests it answered.
+struct KeepAliveServer {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl KeepAliveServer {
+    fn start(close_after: usize) -> KeepAliveServer {
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (connections, requests) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, r, s) = (connections.clone(), requests.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let r = r.clone();
+                thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    for _ in 0..close_after {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        head.clear();
+                        r.fetch_add(1, Ordering::Relaxed);
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        KeepAliveServer { port, connections, requests, stop }
+    }
+}
+
+impl Drop for KeepAliveServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `check_keepalive_requests`: a connection carries that many checks (when the answer says
+/// where it ends and the server keeps it open); one the server closed meanwhile is replaced,
+/// and no check fails for it.
+#[test]
+fn keepalive_checks_reuse_their_connection() {
+    for (keepalive, close_after, per_connection) in [(4, 100, 4), (100, 3, 3), (1, 100, 1)] {
+        let server = KeepAliveServer::start(close_after);
+        let servers = [(format!("127.0.0.1:{}", server.port), "tomcat01")];
+        let check = format!(
+            "        check interval=200 rise=1 fall=1 timeout=150 type=http;\n        check_http_send \"GET /health HTTP/1.1\\r\\n\\r\\n\";\n        check_keepalive_requests {keepalive};\n"
+        );
+        let nginx = Nginx::start(1, &conf(&servers, &check, ""));
+        wait_state(&nginx, "tomcat01", "up", 5);
+        thread::sleep(Duration::from_millis(3000));
+        let (requests, connections) =
+            (server.requests.load(Ordering::Relaxed), server.connections.load(Ordering::Relaxed));
+        let c = &status_server(&nginx, "/status", "tomcat01")["peers"][0]["check"];
+        eprintln!(
+            "check_keepalive_requests {keepalive}, server closes after {close_after}: {requests} \
+             checks on {connections} connections; {c}"
+        );
+        assert!(requests >= 12, "{requests} checks in 3 s");
+        let expected = requests.div_ceil(per_connection);
+        assert!(
+            connections >= expected && connections <= expected + 1,
+            "{requests} checks on {connections} connections, expected {expected}"
+        );
+        assert_eq!(c["state"], "up", "{c}");
+        // With fall=1 a single failed check would have taken the server out, and said so.
+        let log = nginx.error_log();
+        assert!(!log.contains("is down"), "{log}");
+        nginx.assert_no_crash();
+    }
+}
+
 #[test]
 fn a_reload_keeps_the_checked_state() {
     let (a, b) = (Stub::start("tomcat01"), Stub::start("tomcat02"));
@@ -507,7 +601,7 @@ fn a_reload_keeps_the_checked_state() {
 
 #[test]
 fn bad_check_configurations_fail_nginx_t() {
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 9] = [
         (
             "check type=http; check_ssl_verify on;",
             "check type=http",
@@ -523,6 +617,7 @@ fn bad_check_configurations_fail_nginx_t() {
         ("check fall=0;", "check fall=0;", "invalid value \"0\" of \"fall\""),
         ("check_http_expect_alive http_200;", "check_http_expect_alive", "invalid value \"http_200\" in \"check_http_expect_alive\""),
         ("check_keepalive_requests 0;", "check_keepalive_requests", "invalid value \"0\" in \"check_keepalive_requests\""),
+        ("check; check_keepalive_requests 2; check_keepalive_requests 3;", "check_keepalive_requests", "\"check_keepalive_requests\" directive is duplicate"),
         ("check_http_send \"GET / HTTP/1.0\\r\\n\\r\\n\";", "check_http_send", "\"check_http_send\" needs \"check\" in the same upstream"),
     ];
     for (line, needle, message) in cases {

@@ -7,8 +7,8 @@
 //! `nginx -t`, start, sticky requests, a chunked control POST (its last buffer is empty), marks
 //! that change the peers' `down` (the debug build checks the lists' `tries` each time), a
 //! status page in every format, a reload under `zone`, and the configuration check again
-//! while nginx runs; active health checks all along (passing ones, a refused one, one that
-//! times out).
+//! while nginx runs; active health checks all along (passing ones on kept connections, a
+//! refused one, one that times out).
 
 mod common;
 
@@ -25,7 +25,7 @@ fn conf(tomcats: &[Backend], hung: &Hanging) -> String {
             "tomcats",
             tomcats,
             &["", "drain"],
-            "        zone tomcats 64k;\n        keepalive 4;\n        jvm_route $cookie_ROUTE|jsessionid reverse;\n        jvm_route_cookie ROUTE;\n        check interval=100 rise=1 fall=1 timeout=100 type=http default_down=false;\n"
+            "        zone tomcats 64k;\n        keepalive 4;\n        jvm_route $cookie_ROUTE|jsessionid reverse;\n        jvm_route_cookie ROUTE;\n        check interval=100 rise=1 fall=1 timeout=100 type=http default_down=false;\n        check_http_send \"GET / HTTP/1.1\\r\\n\\r\\n\";\n        check_keepalive_requests 5;\n"
         )
     )
 }

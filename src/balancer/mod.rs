@@ -74,6 +74,22 @@ struct PeerData {
 /// This worker's spare request states.
 static SPARES: Spares<PeerData> = Spares::new();
 
+/// Spare states made when a worker starts: as many as requests a worker usually balances at
+/// once (more are made when needed).
+const PREPARED_STATES: usize = 64;
+
+/// A worker starts: its spare request states are made before any request (see
+/// [`Spares::prepare`]), if the configuration has an upstream with `jvm_route`.
+///
+/// # Safety
+/// Called by nginx in a new worker process with its cycle.
+pub unsafe fn init_process(cycle: *mut ngx::ffi::ngx_cycle_t) {
+    // SAFETY: per the function contract.
+    if unsafe { crate::check::main_conf_of(cycle) }.is_some_and(|m| !m.upstreams.is_empty()) {
+        SPARES.prepare(PREPARED_STATES);
+    }
+}
+
 /// The request pool's cleanup: the request is over, its state becomes spare.
 unsafe extern "C" fn release_state(data: *mut c_void) {
     // SAFETY: `data` is the state taken in `init_peer`. Nothing refers to it any more: the peer
@@ -116,6 +132,7 @@ impl PeerData {
     /// # Safety
     /// The view is used within the current callback only, and no other view of this upstream
     /// is taken while it is (see `worker::current`).
+    #[inline(always)]
     unsafe fn view<'v>(&mut self) -> Option<&'v View> {
         // SAFETY: `conf` and `us` are the upstream's configuration, alive for the cycle.
         let (ucf, us) = unsafe { (&*self.conf, &*self.us) };

@@ -36,7 +36,8 @@ use ngx::http::HttpModuleServerConf;
 use crate::conf::{servers, CheckConf, UpstreamConf};
 use crate::ffi::{lossy, str_bytes};
 use crate::rules::check::{
-    alive, error, status_line, tls_answer, with_host, Answer, CheckType, Health,
+    alive, error, framing, is_head, status_line, tls_answer, with_host, Answer, CheckType, Framing,
+    Health,
 };
 use crate::rules::failover::hash64;
 use crate::zone::Stats;
@@ -47,8 +48,10 @@ pub mod tls;
 /// Check slots of a `resolve` server line: the addresses of it that are checked.
 pub const RESOLVE_SLOTS: u32 = 8;
 
-/// The most of a server's answer read: a status line, or the first byte of a TLS record.
-const ANSWER_LEN: usize = 256;
+/// The most of a server's answer read: a status line, or the first byte of a TLS record; with
+/// `check_keepalive_requests`, the whole answer (head and body), which must fit to keep the
+/// connection.
+const ANSWER_LEN: usize = 1024;
 
 /// Room for one socket address (`struct sockaddr_storage`).
 const SOCKADDR_LEN: usize = 128;
@@ -130,6 +133,19 @@ struct Probe {
     answer: [u8; ANSWER_LEN],
     read: usize,
     connected: bool,
+    /// The result, once the status line decided it, while the rest of the answer is read
+    /// (`check_keepalive_requests`).
+    verdict: Option<u64>,
+    /// The connection may carry another check after this one (`type=http` with
+    /// `check_keepalive_requests` not reached), and the request is a `HEAD`.
+    keep: bool,
+    head: bool,
+    /// The connection is kept for the next check when this one ends: its answer was whole.
+    park: bool,
+    /// The connection was kept from an earlier check; the checks it has carried, this one
+    /// included.
+    reused: bool,
+    requests: u32,
     /// `type=https`: the TLS handshake is done; the name sent and verified (NUL-terminated).
     tls_done: bool,
     tls_name: Vec<u8>,
@@ -141,12 +157,22 @@ struct Probe {
     line: usize,
 }
 
+/// A connection kept open for the next check of a slot (`check_keepalive_requests`).
+struct Idle {
+    c: *mut ngx_connection_t,
+    sockaddr: [u8; SOCKADDR_LEN],
+    socklen: usize,
+    /// The checks it has carried.
+    requests: u32,
+}
+
 /// This worker's state: its timer, the log its checks' connections write to, the slots it
-/// checks now, and the room for targets.
+/// checks now, the connections kept for their next check, and the room for targets.
 struct Worker {
     tick: ngx_event_t,
     log: ngx_log_t,
     busy: Vec<bool>,
+    idle: Vec<Option<Idle>>,
     /// Per upstream (by index): when a check of it is next due (monotonic ms), as this worker
     /// last read the zone; ticks before that skip the upstream.
     next_run: Vec<u64>,
@@ -197,6 +223,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             tick: std::mem::zeroed(),
             log: std::mem::zeroed(),
             busy: Vec::new(),
+            idle: Vec::new(),
             next_run: Vec::new(),
             targets: Vec::new(),
             cycle,
@@ -359,16 +386,18 @@ unsafe fn run_upstream(
         if w.busy[index] || !stats.check_take_turn(index, now, period) {
             continue;
         }
+        // Busy until the check ends (`finish`, which may run within `start`).
+        w.busy[index] = true;
         // SAFETY: the worker's thread; everything the probe points to outlives it (the
         // configuration lives until this worker exits).
-        if unsafe { start(w, t, index, stats, check, ucf, uscf) } {
-            w.busy[index] = true;
-        }
+        unsafe { start(w, t, index, stats, check, ucf, uscf) };
     }
     w.targets = targets;
 }
 
-/// Starts one check; false if it ended at once (its result is recorded then).
+/// Starts one check: on the connection kept from the slot's last check, or a new one. Its
+/// steps run from the event loop (an event posted, or the connection's), never within this
+/// call, which holds the worker's state; a connection that fails at once ends the check here.
 ///
 /// # Safety
 /// As [`run_upstream`].
@@ -380,7 +409,7 @@ unsafe fn start(
     check: &CheckConf,
     ucf: &UpstreamConf,
     uscf: &ngx::ffi::ngx_http_upstream_srv_conf_t,
-) -> bool {
+) {
     // SAFETY: `uscf` is nginx's; its server names are configuration memory.
     let host = unsafe { servers(uscf) }
         .get(t.line)
@@ -411,6 +440,12 @@ unsafe fn start(
         answer: [0; ANSWER_LEN],
         read: 0,
         connected: false,
+        verdict: None,
+        keep: check.spec.kind == CheckType::Http && check.keepalive_requests > 1,
+        head: is_head(&check.send),
+        park: false,
+        reused: false,
+        requests: 1,
         tls_done: false,
         tls_name,
         deadline: now() + check.spec.timeout,
@@ -434,7 +469,36 @@ unsafe fn start(
         (*p).pc.log = &mut w.log;
         (*p).pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_IGNORE_ECONNRESET);
     }
+    // SAFETY: the worker's thread.
+    let idle = unsafe { take_idle(w, index, &probe.sockaddr[..t.socklen]) };
     let probe = Box::into_raw(probe);
+    if let Some(idle) = idle {
+        // SAFETY: a connection of a check of this slot that ended with its answer whole; from
+        // now on it owns the probe through `c->data` again.
+        unsafe {
+            let c = idle.c;
+            (*c).set_idle(0);
+            (*probe).pc.connection = c;
+            (*probe).connected = true;
+            (*probe).reused = true;
+            (*probe).requests = idle.requests + 1;
+            adopt(probe, c);
+            ngx::ffi::ngx_add_timer((*c).write, (*(*probe).check).spec.timeout as ngx_msec_t);
+            crate::ffi::post_event((*c).write);
+        }
+        return;
+    }
+    // SAFETY: `probe` came from `Box::into_raw` above and nothing else refers to it.
+    unsafe { connect(w, probe) };
+}
+
+/// Opens the connection of a check; its steps run from the event loop. False if it failed at
+/// once: the check ended then (its result recorded, the probe freed).
+///
+/// # Safety
+/// `probe` must come from `Box::into_raw` in [`start`], with no connection, and not be used
+/// after a false return; `w` is the worker's state.
+unsafe fn connect(w: &mut Worker, probe: *mut Probe) -> bool {
     // SAFETY: the peer connection is complete; nginx opens a non-blocking socket and adds it to
     // the event loop, or returns an error with nothing left open.
     let rc = unsafe { ngx_event_connect_peer(&mut (*probe).pc) };
@@ -443,28 +507,165 @@ unsafe fn start(
         // SAFETY: `probe` is live.
         || unsafe { (*probe).pc.connection.is_null() }
     {
-        // SAFETY: `probe` came from `Box::into_raw` above and no connection refers to it.
-        unsafe { finish(probe, error::REFUSED) };
+        // SAFETY: `probe` came from `Box::into_raw` and no connection refers to it.
+        unsafe { finish_in(Some(w), probe, error::REFUSED) };
         return false;
     }
     // SAFETY: nginx made the connection; from now on it owns the probe through `c->data`, and
     // `finish` closes the connection and frees the probe, once.
     unsafe {
         let c = (*probe).pc.connection;
-        (*c).data = probe.cast();
-        (*(*c).read).handler = Some(on_event);
-        (*(*c).write).handler = Some(on_event);
-        (*c).log = &mut w.log;
-        (*(*c).read).log = &mut w.log;
-        (*(*c).write).log = &mut w.log;
-        ngx::ffi::ngx_add_timer((*c).write, (*(*probe).check).spec.timeout as ngx_msec_t);
+        adopt(probe, c);
+        let left = (*probe).deadline.saturating_sub(now()).max(1);
+        ngx::ffi::ngx_add_timer((*c).write, left as ngx_msec_t);
         if rc == NGX_OK as ngx_int_t {
             // Connected at once (nginx checked the socket): no pending error to read.
             (*probe).connected = true;
-            step(probe);
+            crate::ffi::post_event((*c).write);
         }
     }
     true
+}
+
+/// Makes `c` the connection of `probe`: its events come to [`on_event`], its log is the
+/// checks' one.
+///
+/// # Safety
+/// `probe` must be live and `c` an open connection of the worker.
+unsafe fn adopt(probe: *mut Probe, c: *mut ngx_connection_t) {
+    // SAFETY: per the function contract; `pc.log` is the worker's log of checks.
+    unsafe {
+        let log = (*probe).pc.log;
+        (*c).data = probe.cast();
+        (*(*c).read).handler = Some(on_event);
+        (*(*c).write).handler = Some(on_event);
+        (*c).log = log;
+        (*(*c).read).log = log;
+        (*(*c).write).log = log;
+    }
+}
+
+/// The connection kept for slot `index`, if it goes to `sockaddr` and is still open (nothing
+/// came on it: the server has not closed it). Any other kept connection of the slot is closed.
+///
+/// # Safety
+/// The worker's thread.
+unsafe fn take_idle(w: &mut Worker, index: usize, sockaddr: &[u8]) -> Option<Idle> {
+    let idle = w.idle.get_mut(index)?.take()?;
+    // SAFETY: a kept connection is open until taken or closed by `idle_event`, which empties
+    // its slot.
+    let open = unsafe { still_open(idle.c) };
+    if open && idle.sockaddr[..idle.socklen] == *sockaddr {
+        return Some(idle);
+    }
+    // SAFETY: as above; taken from its slot, closed once.
+    unsafe { close(idle.c) };
+    None
+}
+
+/// Whether nothing came on an idle connection (no data, no close, no error): a peek that
+/// would block.
+///
+/// # Safety
+/// `c` must be an open connection.
+unsafe fn still_open(c: *mut ngx_connection_t) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: per the function contract; one byte into `byte`, not taken from the socket.
+    let n = unsafe {
+        libc::recv((*c).fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n == -1
+        && matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN) | Some(libc::EINTR)
+        )
+}
+
+/// Keeps the connection of a check whose answer was whole for the next check of its slot:
+/// no timers, events to [`idle_event`], marked idle (a worker that exits closes it).
+///
+/// # Safety
+/// The worker's thread; `c` the open connection of `p`, which is ending.
+unsafe fn park(w: &mut Worker, p: &Probe, c: *mut ngx_connection_t) {
+    if w.idle.len() <= p.index {
+        w.idle.resize_with(p.index + 1, || None);
+    }
+    if let Some(old) = w.idle[p.index].take() {
+        // SAFETY: a kept connection, taken from its slot.
+        unsafe { close(old.c) };
+    }
+    // SAFETY: per the function contract.
+    unsafe {
+        if (*(*c).read).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer((*c).read);
+        }
+        if (*(*c).write).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer((*c).write);
+        }
+        (*c).data = ptr::null_mut();
+        (*c).set_idle(1);
+        (*(*c).read).handler = Some(idle_event);
+        (*(*c).write).handler = Some(idle_write);
+    }
+    // SAFETY: as above: what already came (the server's close) is seen now.
+    unsafe {
+        if (*(*c).read).ready() != 0 {
+            if !still_open(c) {
+                close(c);
+                return;
+            }
+            (*(*c).read).set_ready(0);
+            if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+                close(c);
+                return;
+            }
+        }
+    }
+    w.idle[p.index] = Some(Idle {
+        c,
+        sockaddr: p.sockaddr,
+        socklen: p.pc.socklen as usize,
+        requests: p.requests,
+    });
+}
+
+/// A kept connection's read event: the server closed it, sent something unasked, or the
+/// worker exits (`c->close`): it is closed. A spurious event leaves it kept.
+unsafe extern "C" fn idle_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this for a kept connection of this worker; the worker's thread.
+    unsafe {
+        let c = (*ev).data.cast::<ngx_connection_t>();
+        if (*c).close() == 0 && (*ev).timedout() == 0 && still_open(c) {
+            (*ev).set_ready(0);
+            if ngx_handle_read_event(ev, 0) == NGX_OK as ngx_int_t {
+                return;
+            }
+        }
+        if let Some(w) = worker() {
+            for slot in w.idle.iter_mut() {
+                if slot.as_ref().is_some_and(|i| i.c == c) {
+                    *slot = None;
+                }
+            }
+        }
+        close(c);
+    }
+}
+
+/// A kept connection's write event: nothing to write.
+unsafe extern "C" fn idle_write(_ev: *mut ngx_event_t) {}
+
+/// Closes a check's connection with a reset (its TLS first).
+///
+/// # Safety
+/// `c` must be an open connection of a check, closed once.
+unsafe fn close(c: *mut ngx_connection_t) {
+    // SAFETY: per the function contract.
+    unsafe {
+        tls::shutdown(c);
+        reset_on_close(c);
+        ngx_close_connection(c);
+    }
 }
 
 /// Sets the port of an IPv4 or IPv6 socket address (`port=`).
@@ -483,7 +684,8 @@ unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
         let c = (*ev).data.cast::<ngx_connection_t>();
         let probe = (*c).data.cast::<Probe>();
         if (*ev).timedout() != 0 {
-            finish(probe, error::TIMEOUT);
+            // An answer whose status line came in time passed or failed by it.
+            finish(probe, (*probe).verdict.unwrap_or(error::TIMEOUT));
             return;
         }
         step(probe);
@@ -535,18 +737,18 @@ unsafe fn step(probe: *mut Probe) {
         }
         while p.sent < p.request.len() {
             let Some(send) = (*c).send else {
-                finish(probe, error::SOCKET);
+                fail(probe, error::SOCKET);
                 return;
             };
             let n = send(c, p.request.as_mut_ptr().add(p.sent), p.request.len() - p.sent);
             if n == NGX_AGAIN as isize {
                 if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
-                    finish(probe, error::SOCKET);
+                    fail(probe, error::SOCKET);
                 }
                 return;
             }
             if n <= 0 {
-                finish(probe, error::SOCKET);
+                fail(probe, error::SOCKET);
                 return;
             }
             p.sent += n as usize;
@@ -561,45 +763,97 @@ unsafe fn step(probe: *mut Probe) {
         }
         loop {
             let Some(recv) = (*c).recv else {
-                finish(probe, error::SOCKET);
+                fail(probe, error::SOCKET);
                 return;
             };
             if p.read == ANSWER_LEN {
-                finish(probe, error::INVALID);
+                finish(probe, p.verdict.unwrap_or(error::INVALID));
                 return;
             }
             let n = recv(c, p.answer.as_mut_ptr().add(p.read), ANSWER_LEN - p.read);
             if n == NGX_AGAIN as isize {
                 if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                    finish(probe, error::SOCKET);
+                    fail(probe, error::SOCKET);
                 }
                 return;
             }
             if n < 0 {
-                finish(probe, error::SOCKET);
+                fail(probe, error::SOCKET);
                 return;
             }
             if n == 0 {
-                finish(probe, error::CLOSED);
+                fail(probe, error::CLOSED);
                 return;
             }
             p.read += n as usize;
             let check = &*p.check;
-            let answer = match check.spec.kind {
-                CheckType::SslHello => tls_answer(&p.answer[..p.read]),
-                _ => status_line(&p.answer[..p.read]),
-            };
-            match answer {
-                Answer::Incomplete => continue,
-                Answer::Invalid => finish(probe, error::INVALID),
-                Answer::Status(_) if check.spec.kind == CheckType::SslHello => {
-                    finish(probe, error::NONE)
+            if p.verdict.is_none() {
+                let answer = match check.spec.kind {
+                    CheckType::SslHello => tls_answer(&p.answer[..p.read]),
+                    _ => status_line(&p.answer[..p.read]),
+                };
+                let result = match answer {
+                    Answer::Incomplete => continue,
+                    Answer::Invalid => {
+                        finish(probe, error::INVALID);
+                        return;
+                    }
+                    Answer::Status(_) if check.spec.kind == CheckType::SslHello => error::NONE,
+                    Answer::Status(code) if alive(code, check.expect) => error::NONE,
+                    Answer::Status(code) => error::STATUS + u64::from(code),
+                };
+                if !p.keep || p.requests >= check.keepalive_requests {
+                    finish(probe, result);
+                    return;
                 }
-                Answer::Status(code) if alive(code, check.expect) => finish(probe, error::NONE),
-                Answer::Status(code) => finish(probe, error::STATUS + u64::from(code)),
+                // Decided; the rest of the answer is read to keep the connection.
+                p.verdict = Some(result);
+            }
+            let verdict = p.verdict.unwrap_or(error::INVALID);
+            match framing(&p.answer[..p.read], p.head, ANSWER_LEN) {
+                Framing::More => continue,
+                Framing::Reusable => {
+                    p.park = true;
+                    finish(probe, verdict);
+                }
+                Framing::Close => finish(probe, verdict),
             }
             return;
         }
+    }
+}
+
+/// A check's connection failed. Once its status line decided the check, that result stands;
+/// a kept connection that fails before any answer (the server closed it as the check began)
+/// is replaced by a new one, once; otherwise the check failed with `code`.
+///
+/// # Safety
+/// `probe` must be a live probe whose connection is open; not used after this.
+unsafe fn fail(probe: *mut Probe, code: u64) {
+    // SAFETY: per the function contract.
+    unsafe {
+        let p = &mut *probe;
+        if let Some(verdict) = p.verdict {
+            finish(probe, verdict);
+            return;
+        }
+        if p.reused && p.read == 0 {
+            let c = p.pc.connection;
+            p.pc.connection = ptr::null_mut();
+            close(c);
+            p.reused = false;
+            p.requests = 1;
+            p.sent = 0;
+            p.connected = false;
+            match worker() {
+                Some(w) => {
+                    connect(w, probe);
+                }
+                None => finish_in(None, probe, code),
+            }
+            return;
+        }
+        finish(probe, code);
     }
 }
 
@@ -681,29 +935,45 @@ unsafe fn reset_on_close(c: *mut ngx_connection_t) {
     }
 }
 
-/// Ends a check: closes its connection, records the result (`code` 0: it passed), logs a
-/// change between up and down, and frees the probe.
+/// Ends a check from an event handler: [`finish_in`] with the worker's state.
 ///
 /// # Safety
-/// `probe` must come from `Box::into_raw` in [`start`] and not be used after this.
+/// As `finish_in`; the worker's state is not borrowed elsewhere (an event handler).
 unsafe fn finish(probe: *mut Probe, code: u64) {
-    // SAFETY: per the function contract; the connection is closed before the probe is freed,
-    // so no event of it can reach the freed probe.
+    // SAFETY: per the function contract.
+    unsafe { finish_in(worker(), probe, code) }
+}
+
+/// Ends a check: keeps its connection for the slot's next check (its answer was whole) or
+/// closes it, records the result (`code` 0: it passed), logs a change between up and down,
+/// and frees the probe.
+///
+/// # Safety
+/// `probe` must come from `Box::into_raw` in [`start`] and not be used after this; `w` is the
+/// worker's state (None: none, in a process that is not a worker).
+unsafe fn finish_in(w: Option<&mut Worker>, probe: *mut Probe, code: u64) {
+    // SAFETY: per the function contract; the connection is kept (its events then no longer
+    // reach the probe) or closed before the probe is freed.
     let p = unsafe { Box::from_raw(probe) };
     let c = p.pc.connection;
-    if !c.is_null() {
-        // SAFETY: the connection nginx made for this probe, closed once (its TLS first).
-        unsafe {
-            tls::shutdown(c);
-            reset_on_close(c);
-            ngx_close_connection(c);
+    if let Some(w) = w {
+        if !c.is_null() {
+            // SAFETY: the worker's thread; the connection nginx made (or kept) for this probe,
+            // kept for the next check of its slot or closed, once.
+            unsafe {
+                if p.park {
+                    park(w, &p, c);
+                } else {
+                    close(c);
+                }
+            }
         }
-    }
-    // SAFETY: the worker's thread.
-    if let Some(w) = unsafe { worker() } {
         if let Some(busy) = w.busy.get_mut(p.index) {
             *busy = false;
         }
+    } else if !c.is_null() {
+        // SAFETY: as above.
+        unsafe { close(c) };
     }
     // SAFETY: the configuration lives until this worker exits.
     let check = unsafe { &*p.check };

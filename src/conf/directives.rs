@@ -595,6 +595,7 @@ pub unsafe extern "C" fn cmd_check(
         ssl: std::ptr::null_mut(),
         ssl_verify: false,
         ssl_name: None,
+        keepalive_requests: 1,
     });
     ngx::core::NGX_CONF_OK
 }
@@ -652,8 +653,8 @@ pub unsafe extern "C" fn cmd_check_http_expect_alive(
     }
 }
 
-/// Handler of `check_keepalive_requests N`: accepted for configurations written for
-/// nginx_upstream_check_module; every check opens its own connection.
+/// Handler of `check_keepalive_requests N`: the checks one connection carries (`type=http`;
+/// 1, the default, opens a connection for each).
 ///
 /// # Safety
 /// As [`cmd_check`].
@@ -665,6 +666,9 @@ pub unsafe extern "C" fn cmd_check_keepalive_requests(
     // SAFETY: per the function contract.
     let (ucf, args) = unsafe { (&mut *conf.cast::<UpstreamConf>(), args(cf)) };
     let value = arg_bytes(&args[1]);
+    if ucf.check_keepalive.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
     let valid = !value.is_empty()
         && value.len() <= 9
         && value.iter().all(u8::is_ascii_digit)
@@ -681,6 +685,7 @@ pub unsafe extern "C" fn cmd_check_keepalive_requests(
     }
     // SAFETY: per the function contract.
     unsafe { note_check_position(cf, ucf, "check_keepalive_requests") };
+    ucf.check_keepalive = Some(value.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')).max(1));
     ngx::core::NGX_CONF_OK
 }
 

@@ -100,6 +100,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 return ngx::core::NGX_CONF_ERROR as *mut c_char;
             }
             let (send, expect) = (ucf.check_send.take(), ucf.check_expect.take());
+            let keepalive = ucf.check_keepalive.take().unwrap_or(1);
             let verify = ucf.check_ssl_verify.take().unwrap_or(false);
             let (trusted, ssl_name) = (ucf.check_ssl_trusted.take(), ucf.check_ssl_name.take());
             if let Some(check) = ucf.check.as_mut() {
@@ -109,6 +110,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 if let Some(expect) = expect {
                     check.expect = expect;
                 }
+                check.keepalive_requests = keepalive;
                 check.ssl_verify = verify;
                 check.ssl_name = ssl_name.map(|n| [&n[..], b"\0"].concat().into());
                 if let Err(problem) =

@@ -69,6 +69,8 @@ pub struct CheckConf {
     /// `check_ssl_name` (NUL-terminated): the name sent (SNI) and verified; else the host of
     /// the server's name.
     pub ssl_name: Option<Box<[u8]>>,
+    /// `check_keepalive_requests`: the checks one connection carries (`type=http`).
+    pub keepalive_requests: u32,
 }
 
 /// This module's configuration of one `upstream {}` block (and, unused, of every `server {}`).
@@ -119,6 +121,8 @@ pub struct UpstreamConf {
     pub check_send: Option<Box<[u8]>>,
     /// `check_http_expect_alive`, as read.
     pub check_expect: Option<u8>,
+    /// `check_keepalive_requests`, as read.
+    pub check_keepalive: Option<u32>,
     /// `check_ssl_verify`, as read.
     pub check_ssl_verify: Option<bool>,
     /// `check_ssl_trusted_certificate`, as read.

@@ -246,6 +246,100 @@ pub fn status_line(data: &[u8]) -> Answer {
     Answer::Status(value)
 }
 
+/// Where an HTTP answer ends, for a connection that may carry another check
+/// (`check_keepalive_requests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// The head or the body is not all there yet.
+    More,
+    /// The answer is whole and takes exactly the bytes read; the server keeps the connection
+    /// open for another request.
+    Reusable,
+    /// The connection carries no other check: the server closes it (`Connection: close`, or
+    /// HTTP/1.0 without `keep-alive`), the body's end is not known by a length (chunked, or
+    /// read to the close), the head or the body does not fit in `room` bytes, or more bytes
+    /// came than the answer has.
+    Close,
+}
+
+/// How the answer in `data` (from its status line on) ends, for a request that was a `HEAD`
+/// (`head`: no body) or not, within `room` bytes of buffer. Only what decides reuse is read:
+/// the version, the status, `Connection`, `Content-Length` and `Transfer-Encoding`.
+pub fn framing(data: &[u8], head: bool, room: usize) -> Framing {
+    let Some(end) = find(data, b"\r\n\r\n") else {
+        return if data.len() >= room { Framing::Close } else { Framing::More };
+    };
+    let body_at = end + 4;
+    let mut lines = data[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status = lines.next().unwrap_or_default();
+    let http11 = status.starts_with(b"HTTP/1.1 ");
+    let code = match status_line(data) {
+        Answer::Status(code) => code,
+        _ => return Framing::Close,
+    };
+    let mut keep_alive = http11;
+    let mut length: Option<usize> = None;
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { return Framing::Close };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    return Framing::Close;
+                }
+                if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Framing::Close;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let valid =
+                !value.is_empty() && value.len() <= 9 && value.iter().all(u8::is_ascii_digit);
+            let n = if valid {
+                value.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+            } else {
+                return Framing::Close;
+            };
+            if length.is_some_and(|l| l != n) {
+                return Framing::Close;
+            }
+            length = Some(n);
+        }
+    }
+    if !keep_alive || code < 200 {
+        return Framing::Close;
+    }
+    let body = if head || code == 204 || code == 304 {
+        0
+    } else {
+        match length {
+            Some(n) => n,
+            None => return Framing::Close,
+        }
+    };
+    let total = body_at.saturating_add(body);
+    if total > room || data.len() > total {
+        Framing::Close
+    } else if data.len() < total {
+        Framing::More
+    } else {
+        Framing::Reusable
+    }
+}
+
+/// `s` without the spaces and tabs around it.
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+/// Whether the request of `check_http_send` is a `HEAD` (its answer has no body).
+pub fn is_head(send: &[u8]) -> bool {
+    send.starts_with(b"HEAD ")
+}
+
 /// Whether `code` is in a class of `mask` ([`parse_expect`]).
 pub fn alive(code: u16, mask: u8) -> bool {
     let class = code / 100;
@@ -387,6 +481,62 @@ pub fn tls_answer(data: &[u8]) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_of_answers() {
+        use Framing::*;
+        let f = |a: &str, head: bool| framing(a.as_bytes(), head, 1024);
+        // A Tomcat's answer to GET: reusable once the whole body is there.
+        let tomcat = "HTTP/1.1 200 \r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+        assert_eq!(f(tomcat, false), Reusable);
+        assert_eq!(f(&tomcat[..tomcat.len() - 1], false), More);
+        assert_eq!(f(&tomcat[..20], false), More);
+        assert_eq!(f(&format!("{tomcat}HTTP/1.1"), false), Close);
+        // HEAD, 204 and 304 have no body, whatever the length says.
+        assert_eq!(f("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", true), Reusable);
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", false), Reusable);
+        assert_eq!(f("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false), Reusable);
+        // The server closes, or the end is not known by a length.
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false),
+            Close
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nconnection: Upgrade, Close\r\nContent-Length: 0\r\n\r\n", false),
+            Close
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+            Close
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\nok", false), Close);
+        assert_eq!(f("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false), Close);
+        assert_eq!(
+            f("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", false),
+            Reusable
+        );
+        assert_eq!(f("HTTP/1.1 100 Continue\r\n\r\n", false), Close);
+        // Lengths that disagree or are not numbers; a header line without a colon.
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", false),
+            Close
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", false),
+            Reusable
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false), Close);
+        assert_eq!(f("HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", false), Close);
+        assert_eq!(f("HTTP/1.1 200 OK\r\nbroken\r\nContent-Length: 0\r\n\r\n", false), Close);
+        // A head or a body larger than the room.
+        assert_eq!(framing(tomcat.as_bytes(), false, tomcat.len()), Reusable);
+        assert_eq!(framing(tomcat.as_bytes(), false, tomcat.len() - 1), Close);
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nX: aaaa", false, 20), Close);
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nX: aaaa", false, 40), More);
+        // Not HTTP.
+        assert_eq!(f("SSH-2.0-OpenSSH\r\n\r\n", false), Close);
+        assert!(is_head(b"HEAD /health HTTP/1.1\r\n\r\n") && !is_head(b"GET / HTTP/1.1\r\n\r\n"));
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -514,7 +664,27 @@ mod tests {
             }
             let _ = with_host(&data, b"h");
             let _ = parse_check(&[&data]);
+            for room in [0, 10, 1024] {
+                let _ = framing(&data, false, room);
+                let _ = framing(&data, true, room);
+            }
             let _ = error::describe(u64::from(data.first().copied().unwrap_or(0)) * 10);
+        }
+
+        /// An answer with a `Content-Length` is reusable exactly when all of it is there, and
+        /// never before; any prefix of it wants more.
+        #[test]
+        fn a_length_frames_the_answer(body in proptest::collection::vec(any::<u8>(), 0..100),
+                                      extra in proptest::collection::vec(any::<u8>(), 1..10)) {
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            answer.extend_from_slice(&body);
+            prop_assert_eq!(framing(&answer, false, 1024), Framing::Reusable);
+            for cut in 0..answer.len() {
+                prop_assert_eq!(framing(&answer[..cut], false, 1024), Framing::More);
+            }
+            answer.extend_from_slice(&extra);
+            prop_assert_eq!(framing(&answer, false, 1024), Framing::Close);
         }
 
         /// `after` moves to down only after `fall` failures in a row, and back only after

@@ -49,12 +49,29 @@ fn named_value_start(pair: &[u8], name: &[u8]) -> Option<usize> {
     let start = pair.iter().position(|&b| !is_space(b))?;
     let candidate = pair.get(start..start + name.len())?;
     // The usual case first: the name as configured; then the same name in another case.
-    if candidate != name && !candidate.eq_ignore_ascii_case(name) {
+    if !same_bytes(candidate, name) && !candidate.eq_ignore_ascii_case(name) {
         return None;
     }
     let after = start + name.len();
     let eq = after + pair[after..].iter().position(|&b| !is_space(b))?;
     (pair[eq] == b'=').then_some(eq + 1)
+}
+
+/// `a == b`, without a call to `memcmp` for the lengths of cookie names (8 to 16 bytes: two
+/// overlapping eight-byte words each).
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if !(8..=16).contains(&n) {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_ne_bytes)
+    };
+    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
 }
 
 /// The index of the first `needle` in `haystack`. On x86-64, sixteen bytes at a time with
@@ -175,7 +192,17 @@ fn is_space(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
+/// `s` without the spaces and tabs around it. The usual value has none: two comparisons.
+#[inline(always)]
 fn trim(s: &[u8]) -> &[u8] {
+    match s {
+        [first, .., last] if !is_space(*first) && !is_space(*last) => s,
+        _ => trim_slow(s),
+    }
+}
+
+#[inline(never)]
+fn trim_slow(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|&b| !is_space(b)).unwrap_or(s.len());
     let end = s.iter().rposition(|&b| !is_space(b)).map_or(start, |i| i + 1);
     &s[start..end]
@@ -191,6 +218,41 @@ fn unquote(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        let words: [&[u8]; 9] = [
+            b"",
+            b"JSESSIONI",
+            b"JSESSIONID",
+            b"JSESSIONIE",
+            b"jsessionid",
+            b"KSESSIONID",
+            b"0123456789abcdef",
+            b"0123456789abcdeF",
+            b"0123456789abcdef0",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn trim_takes_spaces_and_tabs_from_both_ends_only() {
+        for (input, want) in [
+            (&b""[..], &b""[..]),
+            (b" ", b""),
+            (b"a", b"a"),
+            (b" a", b"a"),
+            (b"a\t", b"a"),
+            (b" \ta b\t ", b"a b"),
+            (b"ab", b"ab"),
+        ] {
+            assert_eq!(trim(input), want, "{input:?}");
+        }
+    }
 
     fn cookies<'a>(header: &'a str, name: &'a str) -> Vec<&'a [u8]> {
         cookie_values(header.as_bytes(), name.as_bytes()).collect()
