@@ -225,6 +225,7 @@ unsafe fn cookie_lines<'r>(r: *mut ngx_http_request_t) -> impl Iterator<Item = &
 ///
 /// # Safety
 /// `r` must be a live request; `'r` no longer than it.
+#[inline(always)]
 pub unsafe fn find_session<'r>(
     r: *mut ngx_http_request_t,
     jvm_route: &'r JvmRoute,

@@ -552,6 +552,21 @@ fn keepalive_checks_reuse_their_connection() {
         // With fall=1 a single failed check would have taken the server out, and said so.
         let log = nginx.error_log();
         assert!(!log.contains("is down"), "{log}");
+        if keepalive == 4 {
+            // A reload: the old worker closes its kept connection and exits at once (within
+            // the wait, not at the server's keep-alive timeout); the new one checks on.
+            let http = conf(&servers, &check, "");
+            nginx.reload_and_wait(
+                &http.replace("access_log off;", "access_log off;\n    server_tokens off;"),
+                1,
+            );
+            let before = server.requests.load(Ordering::Relaxed);
+            assert!(
+                eventually(5, || server.requests.load(Ordering::Relaxed) >= before + 3),
+                "checks go on after the reload"
+            );
+            assert!(!nginx.error_log().contains("is down"), "{}", nginx.error_log());
+        }
         nginx.assert_no_crash();
     }
 }
