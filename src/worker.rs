@@ -516,7 +516,7 @@ fn finish(
         applied: Cell::new(None),
         draining: Cell::new(0),
         check_default_down: ucf.check.as_ref().map(|c| c.spec.default_down),
-        slow_start: ucf.slow_start.iter().any(|&s| s > 0),
+        slow_start: ucf.has_slow_start,
         ramp_next: Cell::new(0),
     }
 }

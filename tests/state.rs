@@ -27,6 +27,16 @@ fn row(nginx: &Nginx, srun_id: &str) -> serde_json::Value {
     status_server(nginx, "/status", srun_id)
 }
 
+/// Stand-in backends with `routes`, a directory for the state file, its path, and the
+/// configuration that keeps the marks there.
+fn setup(routes: &[&str]) -> (Vec<Backend>, TempDir, PathBuf, String) {
+    let tomcats = backends(routes);
+    let dir = TempDir::new("state");
+    let state = dir.path().join("jvm-route.state");
+    let http = conf(&tomcats, &state);
+    (tomcats, dir, state, http)
+}
+
 /// Whether `text` is one whole state file: its format line, records of nine fields, and a
 /// newline at the end.
 fn whole(text: &str) -> bool {
@@ -40,10 +50,7 @@ fn whole(text: &str) -> bool {
 
 #[test]
 fn a_drain_survives_a_stop_and_a_start() {
-    let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let dir = TempDir::new("state");
-    let state = dir.path().join("jvm-route.state");
-    let http = conf(&tomcats, &state);
+    let (_tomcats, _dir, state, http) = setup(&["tomcat01", "tomcat02"]);
     let nginx = Nginx::start(2, &http);
     assert!(!state.exists(), "nothing is written before a change");
     let r = control_post(&nginx, "upstream=tomcats&srun_id=tomcat02&action=drain");
@@ -141,10 +148,8 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn a_weight_survives_a_binary_upgrade() {
-    let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let dir = TempDir::new("state");
-    let state = dir.path().join("jvm-route.state");
-    let nginx = Daemon::start(&conf(&tomcats, &state));
+    let (_tomcats, _dir, _state, http) = setup(&["tomcat01", "tomcat02"]);
+    let nginx = Daemon::start(&http);
     let raw = "POST /control?upstream=tomcats&srun_id=tomcat02&action=weight&value=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     assert_eq!(raw_request(nginx.port, raw.as_bytes()).status, 200);
     let old_master = nginx.master().unwrap();
@@ -172,10 +177,8 @@ fn a_weight_survives_a_binary_upgrade() {
 
 #[test]
 fn two_workers_changing_marks_leave_one_whole_state() {
-    let tomcats = backends(&["tomcat01", "tomcat02", "tomcat03"]);
-    let dir = TempDir::new("state");
-    let state = dir.path().join("jvm-route.state");
-    let nginx = Nginx::start(2, &conf(&tomcats, &state));
+    let (tomcats, _dir, state, http) = setup(&["tomcat01", "tomcat02", "tomcat03"]);
+    let nginx = Nginx::start(2, &http);
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, torn) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let reader = {
@@ -248,10 +251,7 @@ fn two_workers_changing_marks_leave_one_whole_state() {
 
 #[test]
 fn a_corrupt_file_warns_once_and_nginx_starts_clean() {
-    let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let dir = TempDir::new("state");
-    let state = dir.path().join("jvm-route.state");
-    let http = conf(&tomcats, &state);
+    let (_tomcats, _dir, state, http) = setup(&["tomcat01", "tomcat02"]);
     for (text, why) in [
         ("jvm_route_state 1\ntomcats\tx\n", "line 2: a record has 9 fields"),
         ("jvm_route_state 7\n", "line 1: format 7 is not known"),
@@ -288,10 +288,7 @@ fn a_corrupt_file_warns_once_and_nginx_starts_clean() {
 
 #[test]
 fn a_reload_leaves_the_file_alone_and_a_bad_directory_is_reported() {
-    let tomcats = backends(&["tomcat01", "tomcat02"]);
-    let dir = TempDir::new("state");
-    let state = dir.path().join("jvm-route.state");
-    let http = conf(&tomcats, &state);
+    let (tomcats, _dir, state, http) = setup(&["tomcat01", "tomcat02"]);
     let nginx = Nginx::start(1, &http);
     assert_eq!(control_post(&nginx, "upstream=tomcats&srun_id=tomcat01&action=down").status, 200);
     let before =

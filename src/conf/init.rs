@@ -150,7 +150,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         }
         ucf.has_slow_start = ucf.slow_start.iter().any(|&s| s > 0);
         let fixed = ucf.method.filter(|m| matches!(*m, "hash" | "ip_hash" | "random"));
-        if let (Some(method), true) = (fixed, ucf.slow_start.iter().any(|&s| s > 0)) {
+        if let (Some(method), true) = (fixed, ucf.has_slow_start) {
             // SAFETY: `uscf` is an upstream configuration made by nginx.
             let (file, line) = unsafe { position(uscf) };
             ngx_log_error!(

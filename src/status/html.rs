@@ -171,7 +171,11 @@ pub fn escape(text: &str) -> String {
 }
 
 /// The page. `control_path`: where the buttons post (this location), if it has `control`.
-pub(super) fn page(rows: &[UpstreamRow], control_path: Option<&str>) -> String {
+pub(super) fn page(
+    rows: &[UpstreamRow],
+    control_path: Option<&str>,
+    state_file: Option<&str>,
+) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -205,8 +209,9 @@ pub(super) fn page(rows: &[UpstreamRow], control_path: Option<&str>) -> String {
     }
     let _ = write!(
         out,
-        "<h2>Requests per server</h2>\n<canvas id=\"chart\" width=\"760\" height=\"220\"></canvas>\n\
-         <p class=\"legend\" id=\"legend\"></p>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
+        "<p class=\"note\">{}</p>\n<h2>Requests per server</h2>\n<canvas id=\"chart\" width=\"760\" height=\"220\"></canvas>\n\
+         <p class=\"legend\" id=\"legend\"></p>\n<script>{SCRIPT}</script>\n</body>\n</html>\n",
+        escape(&super::render::state_note(state_file))
     );
     out
 }
@@ -324,7 +329,8 @@ mod tests {
                 ramp: None,
             }],
         }];
-        let html = page(&rows, Some("/c\"x"));
+        let html = page(&rows, Some("/c\"x"), Some("/var/lib/<x>/state"));
+        assert!(html.contains("saved in /var/lib/&lt;x&gt;/state"), "{html}");
         assert!(!html.contains(hostile));
         assert!(!html.contains("u<"));
         assert!(html.contains("&lt;a href=&quot;x&quot;&gt;&amp;&#39;"));
@@ -349,7 +355,7 @@ mod tests {
     fn the_policy_names_the_blocks_of_the_rendered_page() {
         // The <style> and <script> text as the browser gets it, taken from the page itself,
         // hashed by the RustCrypto SHA-256 and checked against the policy.
-        let page = page(&[], Some("/c"));
+        let page = page(&[], Some("/c"), None);
         let between = |open: &str, close: &str| {
             let start = page.find(open).map(|i| i + open.len()).expect("block in the page");
             let end = page[start..].find(close).expect("block end") + start;

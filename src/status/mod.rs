@@ -208,17 +208,12 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         let body = if head {
             String::new()
         } else {
-            let page = html::page(&collect(conf, main), path);
-            let saved = format!(
-                "<p class=\"note\">{}</p>\n<h2>Requests per server</h2>",
-                html::escape(&state_note(main))
-            );
-            page.replacen("<h2>Requests per server</h2>", &saved, 1)
+            html::page(&collect(conf, main), path, state_file(main).as_deref())
         };
         // SAFETY: `r` is live.
         return unsafe { send(r, 200, HTML, body.as_bytes(), &headers) };
     }
-    let (content_type, render): (_, fn(&[UpstreamRow]) -> String) = match format {
+    let (content_type, render): (_, Renderer) = match format {
         None | Some(b"text") => (TEXT, render::text),
         Some(b"json") => (JSON, render::json),
         Some(b"prometheus") => (PROMETHEUS, render::prometheus),
@@ -232,30 +227,21 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     };
     // HEAD: the headers only, nothing rendered.
-    let mut body = if head { String::new() } else { render(&collect(conf, main)) };
-    if !head && format == Some(b"json") {
-        // Whether the runtime marks are kept across restarts, and where.
-        let file = main
-            .state_file
-            .as_ref()
-            .map_or("null".to_string(), |p| render::json_string(&p.display().to_string()));
-        if let Some(end) = body.rfind('}') {
-            body.insert_str(end, &format!(",\"state_file\":{file}"));
-        }
-    } else if !head && matches!(format, None | Some(b"text")) {
-        body.push_str(&state_note(main));
-        body.push('\n');
-    }
+    let body = if head {
+        String::new()
+    } else {
+        render(&collect(conf, main), state_file(main).as_deref())
+    };
     // SAFETY: `r` is live.
     unsafe { send(r, 200, content_type, body.as_bytes(), &[]) }
 }
 
-/// Whether the runtime marks are kept across restarts, and where (`jvm_route_state`).
-fn state_note(main: &MainConf) -> String {
-    match &main.state_file {
-        Some(path) => format!("runtime marks are saved in {} (jvm_route_state)", path.display()),
-        None => "runtime marks are not saved across restarts (no jvm_route_state)".into(),
-    }
+/// A format of the page: the rows, and the state file (`jvm_route_state`) if there is one.
+type Renderer = fn(&[UpstreamRow], Option<&str>) -> String;
+
+/// Where the runtime marks are kept across restarts (`jvm_route_state`), if they are.
+fn state_file(main: &MainConf) -> Option<String> {
+    main.state_file.as_ref().map(|p| p.display().to_string())
 }
 
 /// The request's path as the client sent it, before percent-decoding, without the query; None

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::{ServerRow, UpstreamRow, COUNTERS};
 
 /// Text for people: one line per server line, its addresses comma-separated.
-pub(super) fn text(rows: &[UpstreamRow]) -> String {
+pub(super) fn text(rows: &[UpstreamRow], state_file: Option<&str>) -> String {
     let mut out = String::new();
     for u in rows {
         let _ = writeln!(
@@ -55,11 +55,20 @@ pub(super) fn text(rows: &[UpstreamRow]) -> String {
             );
         }
     }
+    out.push_str(&state_note(state_file));
+    out.push('\n');
     out
 }
 
-/// The text format's check column: each address's check state, and why its last check failed
-/// (`-` without `check`).
+/// Whether the runtime marks are kept across restarts, and where (`jvm_route_state`): a line
+/// of the text format and a note of the HTML page.
+pub(super) fn state_note(state_file: Option<&str>) -> String {
+    match state_file {
+        Some(path) => format!("runtime marks are saved in {path} (jvm_route_state)"),
+        None => "runtime marks are not saved across restarts (no jvm_route_state)".into(),
+    }
+}
+
 /// A slow start under way: the share of its weight the line has, and the seconds left
 /// (`35% 6.5s`); `-` otherwise.
 pub(super) fn ramp_text(s: &ServerRow) -> String {
@@ -69,6 +78,8 @@ pub(super) fn ramp_text(s: &ServerRow) -> String {
     }
 }
 
+/// The text format's check column: each address's check state, and why its last check failed
+/// (`-` without `check`).
 pub(super) fn check_text(s: &ServerRow) -> String {
     let parts: Vec<String> = s
         .peers
@@ -89,7 +100,7 @@ pub(super) fn check_text(s: &ServerRow) -> String {
     }
 }
 
-pub(super) fn json_string(s: &str) -> String {
+fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -153,7 +164,7 @@ fn json_server(s: &ServerRow) -> String {
 }
 
 /// JSON: upstreams, each with its server lines, each with its current addresses (`peers`).
-pub(super) fn json(rows: &[UpstreamRow]) -> String {
+pub(super) fn json(rows: &[UpstreamRow], state_file: Option<&str>) -> String {
     let upstreams: Vec<String> = rows
         .iter()
         .map(|u| {
@@ -168,7 +179,9 @@ pub(super) fn json(rows: &[UpstreamRow]) -> String {
             )
         })
         .collect();
-    format!("{{\"upstreams\":[{}]}}\n", upstreams.join(","))
+    // Whether the runtime marks are kept across restarts, and where.
+    let state_file = state_file.map_or("null".to_string(), json_string);
+    format!("{{\"upstreams\":[{}],\"state_file\":{state_file}}}\n", upstreams.join(","))
 }
 
 fn label(s: &str) -> String {
@@ -179,7 +192,7 @@ fn label(s: &str) -> String {
 const STATES: [&str; 7] = ["up", "down", "draining", "failed", "backup", "unresolved", "unhealthy"];
 
 /// Prometheus text exposition: one series per server line, labelled with its configured name.
-pub(super) fn prometheus(rows: &[UpstreamRow]) -> String {
+pub(super) fn prometheus(rows: &[UpstreamRow], _state_file: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP jvm_route_upstream_requests_total Requests balanced by jvm_route, by whether they carried a session id.");
     let _ = writeln!(out, "# TYPE jvm_route_upstream_requests_total counter");
