@@ -187,6 +187,12 @@ fn an_action_taken_by_an_old_worker_during_a_reload_is_never_acknowledged_and_lo
                 r = control_post(&nginx, body);
             }
             assert_eq!(r.status, 200, "{r:?}");
+            // The status page as the new configuration has it: an old worker that has not yet
+            // been told to quit may still take a request, and shows its own zone.
+            assert!(
+                eventually(10, || nginx.workers().iter().all(|p| !old.contains(p))),
+                "the old worker exits"
+            );
             assert_eq!(state(), "draining");
         }
         other => panic!("unexpected status {other}: {reply}"),
